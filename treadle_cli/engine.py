@@ -1,0 +1,550 @@
+"""advance: claim ready stages, run their code, record outcomes, repeat until nothing is ready.
+
+No transaction is open while stage code runs: a run is claim (one transaction), the
+stage's code, then finish (another). Claims are compare-and-set, so two processes never
+run one stage at once; a claim whose owner died on this host is taken over at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import os
+import socket
+import threading
+import traceback
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cache
+from typing import Any
+
+from .errors import UsageError
+from .events import EventBus
+from .model import (
+    DONE_STATUSES,
+    Clock,
+    EventKind,
+    Item,
+    OutcomeKind,
+    Owner,
+    StageChange,
+    StageContext,
+    StageOutcome,
+    StageRecord,
+    StageStatus,
+    SubtaskChange,
+    SubtaskRecord,
+    SubtaskStatus,
+    WorkItem,
+    fanout_stage_status,
+    iso,
+)
+from .pipeline import Pipeline, StageSpec
+from .status import PipelineStatus, load_status
+from .store.base import EventSpec, StateStore
+
+log = logging.getLogger("treadle")
+
+#: How long a claim by a process on another host is trusted without news from it.
+DEFAULT_LEASE = 3600.0
+MAX_PARALLEL_STAGES = 8
+MAX_ITEM_ID = 200
+
+
+# ------------------------------------------------------------------ ownership
+
+
+def _proc_start(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (guards against pid reuse), if /proc has it."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    if fields and fields[0] == "Z":
+        return "zombie"
+    return fields[19] if len(fields) > 19 else None
+
+
+@cache
+def current_owner() -> Owner:
+    pid = os.getpid()
+    return Owner(socket.gethostname(), pid, _proc_start(pid) or "")
+
+
+def owner_is_dead(host: str | None, pid: int | None, started: str | None) -> bool | None:
+    """True/False for an owner on this host; None when it is elsewhere (trust its lease)."""
+    me = current_owner()
+    if host != me.host or pid is None:
+        return None
+    if pid == me.pid:
+        return started != me.started
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    now_started = _proc_start(pid)
+    if now_started == "zombie":
+        return True
+    return bool(started) and now_started is not None and now_started != started
+
+
+def validate_item_id(item_id: str) -> str:
+    if not isinstance(item_id, str) or not item_id.strip():
+        raise UsageError("an item id cannot be empty", hint="pass an id like doc-1")
+    if len(item_id) > MAX_ITEM_ID:
+        raise UsageError(f"item id is {len(item_id)} characters long; the limit is {MAX_ITEM_ID}",
+                         hint="use a shorter id and keep long text in the item's data")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in item_id):
+        raise UsageError(f"item id {item_id!r} contains control characters (newline, tab...)",
+                         hint="use printable characters only")
+    return item_id
+
+
+def _json_problem(value: Any) -> str | None:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+# ----------------------------------------------------------------- calling code
+
+
+class _Attempt(Exception):
+    """A failed attempt: message and traceback, with an optional retry delay."""
+
+    def __init__(self, error: str, tb: str | None = None, delay: float | None = None,
+                 final: bool = False) -> None:
+        super().__init__(error)
+        self.error, self.tb, self.delay, self.final = error, tb, delay, final
+
+
+def _run_coroutine(coro: Any, timeout: float | None) -> Any:
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro, timeout) if timeout else await coro
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(bounded())
+    box: dict[str, Any] = {}
+
+    def runner() -> None:  # the caller is inside an event loop: use a fresh one elsewhere
+        try:
+            box["value"] = asyncio.run(bounded())
+        except BaseException as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=runner, daemon=True)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def call_stage(impl: Any, item: WorkItem, ctx: StageContext, timeout: float | None) -> Any:
+    """Run stage code; sync code with a timeout runs in a daemon thread we stop waiting for."""
+    fn = impl.execute if hasattr(impl, "execute") else impl
+    if inspect.iscoroutinefunction(fn):
+        return _run_coroutine(fn(item, ctx), timeout)
+    if timeout is None:
+        result = fn(item, ctx)
+    else:
+        box: dict[str, Any] = {}
+
+        def runner() -> None:
+            try:
+                box["value"] = fn(item, ctx)
+            except BaseException as exc:
+                box["error"] = exc
+                box["tb"] = traceback.format_exc()
+
+        t = threading.Thread(target=runner, daemon=True, name=f"treadle-{ctx.stage}")
+        t.start()
+        t.join(timeout)
+        if t.is_alive():
+            raise TimeoutError(f"attempt exceeded its timeout of {timeout:g}s")
+        if "error" in box:
+            raise _Attempt(f"{type(box['error']).__name__}: {box['error']}", box["tb"])
+        result = box["value"]
+    if inspect.iscoroutine(result):
+        return _run_coroutine(result, timeout)
+    return result
+
+
+def to_outcome(result: Any) -> StageOutcome:
+    """None -> complete; dict -> complete(dict); a StageOutcome as is; else a failed attempt."""
+    if result is None:
+        return StageOutcome.complete()
+    if isinstance(result, StageOutcome):
+        return result
+    if isinstance(result, dict):
+        return StageOutcome.complete(result)
+    raise _Attempt(f"TypeError: stage returned {type(result).__name__}; return a "
+                   "StageOutcome, a dict or None", final=False)
+
+
+def _execute(spec: StageSpec, item: WorkItem, ctx: StageContext) -> StageOutcome:
+    try:
+        outcome = to_outcome(call_stage(spec.impl, item, ctx, spec.timeout))
+    except _Attempt:
+        raise
+    except TimeoutError as exc:
+        raise _Attempt(f"TimeoutError: {exc}", traceback.format_exc()) from exc
+    except Exception as exc:
+        raise _Attempt(f"{type(exc).__name__}: {exc}", traceback.format_exc()) from exc
+    if outcome.kind == OutcomeKind.RETRY:
+        raise _Attempt(f"retry: {outcome.reason}", None, outcome.delay)
+    if outcome.kind == OutcomeKind.FAIL:
+        raise _Attempt(f"failed: {outcome.reason}", None, final=True)
+    for what, value in (("output", outcome.output), ("review data", outcome.data)):
+        if (problem := _json_problem(value)) is not None:
+            raise _Attempt(f"TypeError: stage {what} is not JSON-serializable: {problem}")
+    if outcome.kind == OutcomeKind.FAN_OUT:
+        names = [s.name for s in outcome.subtasks]
+        if not names:
+            raise _Attempt("ValueError: fan_out() needs at least one subtask")
+        if any(not isinstance(n, str) or not n for n in names):
+            raise _Attempt("ValueError: subtask names must be non-empty strings")
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise _Attempt(f"ValueError: duplicate subtask names: {', '.join(dup)}")
+        for s in outcome.subtasks:
+            if (problem := _json_problem(s.data)) is not None:
+                raise _Attempt(f"TypeError: data of subtask {s.name!r} is not JSON-serializable")
+    return outcome
+
+
+# ------------------------------------------------------------------- the engine
+
+
+@dataclass
+class _Run:
+    item: Item
+    deadline: datetime
+
+
+class Engine:
+    """Advances items of one pipeline in one store. Built per call by ``Workflow``."""
+
+    def __init__(self, pipeline: Pipeline, store: StateStore, clock: Clock, bus: EventBus,
+                 lease: float = DEFAULT_LEASE) -> None:
+        self.pipeline = pipeline
+        self.store = store
+        self.clock = clock
+        self.bus = bus
+        self.lease = lease
+        self.owner = current_owner()
+        self._ancestors = self._compute_ancestors()
+
+    def _compute_ancestors(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for name in self.pipeline.order:  # topological: parents are done first
+            seen: dict[str, None] = {}
+            for dep in self.pipeline.stages[name].needs:
+                for a in (*out[dep], dep):
+                    seen[a] = None
+            out[name] = list(seen)
+        return out
+
+    # ---------------------------------------------------------------- items
+
+    def ensure_item(self, item: WorkItem | str, data: Any = None) -> Item:
+        """Register the item if new; bring its stages in line with the pipeline."""
+        if isinstance(item, str):
+            item_id, payload = item, data
+        else:
+            item_id, payload = item.id, item.data
+        validate_item_id(item_id)
+        payload = {} if payload is None else payload
+        if not isinstance(payload, dict):
+            raise UsageError(f"item data must be a JSON object, not {type(payload).__name__}",
+                             hint='pass an object such as {"path": "docs/a.md"}')
+        if (problem := _json_problem(payload)) is not None:
+            raise UsageError(f"item data is not JSON-serializable: {problem}")
+        p = self.pipeline
+        rec = self.store.get_item(item_id)
+        now = self.clock.now()
+        if rec is None:
+            rec, events = self.store.register_item(item_id, p.name, payload, p.path, p.hash,
+                                                   p.order, now)
+            self.bus.publish(events)
+        if rec.pipeline != p.name:
+            raise UsageError(f"item {item_id!r} belongs to pipeline {rec.pipeline!r}, "
+                             f"not {p.name!r}", hint="advance it with its own pipeline file")
+        names = [s.name for s in self.store.get_stages(item_id)]
+        if names != p.order or rec.pipeline_hash != p.hash or rec.pipeline_path != p.path:
+            self.bus.publish(self.store.sync_stages(item_id, p.order, p.path, p.hash, now))
+        return Item(item_id, rec.data)
+
+    # -------------------------------------------------------------- advance
+
+    def advance(self, item: WorkItem | str, *, data: Any = None,
+                wait: float = 60.0) -> PipelineStatus:
+        run = _Run(self.ensure_item(item, data),
+                   self.clock.now() + timedelta(seconds=max(wait, 0.0)))
+        while True:
+            stages = {s.name: s for s in self.store.get_stages(run.item.id)}
+            ready, next_due = self._ready(stages)
+            if ready:
+                self._run_all(run, ready)
+                continue
+            now = self.clock.now()
+            if next_due is not None and next_due <= run.deadline:
+                self.clock.sleep((next_due - now).total_seconds())
+                continue
+            break
+        return load_status(self.store, run.item.id)
+
+    def _claimable_running(self, rec: StageRecord) -> bool:
+        dead = owner_is_dead(rec.owner_host, rec.owner_pid, rec.owner_started)
+        if dead is None:  # another host: trust its lease
+            return rec.lease_until is not None and rec.lease_until <= self.clock.now()
+        return dead
+
+    def _ready(self, stages: dict[str, StageRecord]) -> tuple[list[StageRecord], datetime | None]:
+        now = self.clock.now()
+        ready: list[StageRecord] = []
+        next_due: datetime | None = None
+        for name in self.pipeline.order:
+            rec = stages.get(name)
+            if rec is None:
+                continue
+            spec = self.pipeline.stages[name]
+            if any(stages[d].status not in DONE_STATUSES for d in spec.needs if d in stages):
+                continue
+            if rec.status == StageStatus.PENDING:
+                if rec.next_attempt_at is not None and rec.next_attempt_at > now:
+                    if next_due is None or rec.next_attempt_at < next_due:
+                        next_due = rec.next_attempt_at
+                    continue
+                ready.append(rec)
+            elif rec.status == StageStatus.RUNNING and self._claimable_running(rec):
+                ready.append(rec)
+        return ready, next_due
+
+    def _run_all(self, run: _Run, ready: list[StageRecord]) -> None:
+        if len(ready) == 1:
+            self._run_stage(run, ready[0])
+            return
+        with ThreadPoolExecutor(max_workers=min(len(ready), MAX_PARALLEL_STAGES),
+                                thread_name_prefix="treadle-stage") as pool:
+            for f in [pool.submit(self._run_stage, run, rec) for rec in ready]:
+                f.result()
+
+    def _lease_until(self, spec: StageSpec) -> datetime:
+        seconds = spec.timeout + 60.0 if spec.timeout else self.lease
+        return self.clock.now() + timedelta(seconds=seconds)
+
+    def _context(self, run: _Run, spec: StageSpec, attempt: int, subtask: str | None = None,
+                 subtask_data: Any = None, with_review: bool = False) -> StageContext:
+        wanted = self._ancestors[spec.name]
+        outputs: dict[str, Any] = {}
+        if wanted:
+            for rec in self.store.get_stages(run.item.id):
+                if rec.name in wanted and rec.status in DONE_STATUSES:
+                    outputs[rec.name] = rec.output
+        review = (self.store.last_decision(run.item.id, spec.name, subtask)
+                  if with_review else None)
+        return StageContext(item_id=run.item.id, stage=spec.name, attempt=attempt,
+                            data=run.item.data, outputs=outputs, subtask=subtask,
+                            subtask_data=subtask_data, review=review,
+                            log=logging.getLogger(f"treadle.stage.{spec.name}"))
+
+    def _run_stage(self, run: _Run, expected: StageRecord) -> None:
+        spec = self.pipeline.stages[expected.name]
+        claim = uuid.uuid4().hex
+        got = self.store.claim_stage(run.item.id, spec.name, expected=expected, claim=claim,
+                                     owner=self.owner, now=self.clock.now(),
+                                     lease_until=self._lease_until(spec))
+        if got is None:
+            return  # another process claimed it first
+        rec, events = got
+        self.bus.publish(events)
+        if rec.fanned_out:
+            self._run_fanout(run, spec, rec, claim)
+            return
+        ctx = self._context(run, spec, rec.attempts, with_review=rec.attempt_base > 0)
+        try:
+            outcome = _execute(spec, run.item, ctx)
+        except _Attempt as failure:
+            self._attempt_failed(run, spec, rec, claim, failure)
+            return
+        self._apply(run, spec, rec, claim, outcome)
+
+    def _finish(self, run: _Run, name: str, claim: str, change: StageChange,
+                events: list[EventSpec]) -> None:
+        out = self.store.finish_stage(run.item.id, name, claim=claim, change=change,
+                                      events=events, now=self.clock.now())
+        if out is None:
+            log.warning("%s %s: claim taken over by another process; result dropped",
+                        run.item.id, name)
+            return
+        self.bus.publish(out)
+
+    def _apply(self, run: _Run, spec: StageSpec, rec: StageRecord, claim: str,
+               outcome: StageOutcome) -> None:
+        name = spec.name
+        kind = outcome.kind
+        if kind == OutcomeKind.COMPLETE:
+            self._completed(run, spec, claim, outcome.output)
+        elif kind == OutcomeKind.NEEDS_REVIEW:
+            prompt = outcome.prompt or f"Review {name} of {run.item.id}"
+            self._finish(run, name, claim, StageChange(
+                StageStatus.AWAITING_REVIEW, review_prompt=prompt, review_data=outcome.data,
+                clear=frozenset({"error", "traceback", "output"})),
+                [(EventKind.REVIEW_REQUIRED, None, {"prompt": prompt})])
+        elif kind == OutcomeKind.SKIP:
+            self._finish(run, name, claim, StageChange(
+                StageStatus.SKIPPED, clear=frozenset({"error", "traceback"})),
+                [(EventKind.STAGE_SKIPPED, None, {"reason": outcome.reason})])
+        elif kind == OutcomeKind.FAN_OUT:
+            events = self.store.add_subtasks(run.item.id, name, claim=claim,
+                                             subtasks=outcome.subtasks, now=self.clock.now())
+            if events is None:
+                return
+            self.bus.publish(events)
+            self._run_fanout(run, spec, rec, claim)
+
+    def _completed(self, run: _Run, spec: StageSpec, claim: str, output: Any) -> None:
+        clear = frozenset({"error", "traceback", "next_attempt_at"})
+        if spec.review:
+            prompt = f"Review the output of {spec.name} for {run.item.id}"
+            self._finish(run, spec.name, claim, StageChange(
+                StageStatus.AWAITING_REVIEW, output=output, review_prompt=prompt,
+                review_data=output, clear=clear | {"output", "review_data"}),
+                [(EventKind.REVIEW_REQUIRED, None, {"prompt": prompt})])
+            return
+        self._finish(run, spec.name, claim, StageChange(
+            StageStatus.COMPLETED, output=output, clear=clear | {"output"}),
+            [(EventKind.STAGE_COMPLETED, None, None)])
+
+    def _attempt_failed(self, run: _Run, spec: StageSpec, rec: StageRecord, claim: str,
+                        failure: _Attempt) -> None:
+        used = rec.attempts - rec.attempt_base
+        if not failure.final and used < spec.retry.max_attempts:
+            delay = failure.delay if failure.delay is not None else spec.retry.delay(used)
+            due = self.clock.now() + timedelta(seconds=max(delay, 0.0))
+            self._finish(run, spec.name, claim, StageChange(
+                StageStatus.PENDING, error=failure.error, traceback=failure.tb,
+                next_attempt_at=due, clear=frozenset({"traceback"})),
+                [(EventKind.STAGE_RETRYING, None, {
+                    "attempt": used, "error": failure.error, "delay": delay,
+                    "next_attempt_at": iso(due)})])
+            return
+        self._finish(run, spec.name, claim, StageChange(
+            StageStatus.FAILED, error=failure.error, traceback=failure.tb,
+            clear=frozenset({"traceback", "next_attempt_at"})),
+            [(EventKind.STAGE_FAILED, None, {"error": failure.error, "attempts": used})])
+
+    # -------------------------------------------------------------- fan-out
+
+    def _run_fanout(self, run: _Run, spec: StageSpec, rec: StageRecord, claim: str) -> None:
+        item_id = run.item.id
+        while True:
+            now = self.clock.now()
+            subs = self.store.get_subtasks(item_id, spec.name)
+            # We hold the stage's claim, so a subtask still marked running is a dead run's.
+            ready = [s for s in subs
+                     if s.status == SubtaskStatus.RUNNING
+                     or (s.status == SubtaskStatus.PENDING
+                         and (s.next_attempt_at is None or s.next_attempt_at <= now))]
+            if ready:
+                workers = max(1, min(spec.concurrency, len(ready)))
+                if workers == 1:
+                    for s in ready:
+                        self._run_subtask(run, spec, s, claim)
+                else:
+                    with ThreadPoolExecutor(max_workers=workers,
+                                            thread_name_prefix="treadle-subtask") as pool:
+                        for f in [pool.submit(self._run_subtask, run, spec, s, claim)
+                                  for s in ready]:
+                            f.result()
+                continue
+            later = [s.next_attempt_at for s in subs
+                     if s.status == SubtaskStatus.PENDING and s.next_attempt_at is not None]
+            next_due = min(later) if later else None
+            if next_due is not None and next_due <= run.deadline:
+                self.clock.sleep((next_due - now).total_seconds())
+                continue
+            break
+        self._settle_fanout(run, spec, subs, claim, next_due)
+
+    def _settle_fanout(self, run: _Run, spec: StageSpec, subs: list[SubtaskRecord], claim: str,
+                       next_due: datetime | None) -> None:
+        status = fanout_stage_status(s.status for s in subs)
+        name = spec.name
+        if status == StageStatus.COMPLETED:
+            self._completed(run, spec, claim, {s.name: s.output for s in subs})
+        elif status in (StageStatus.PENDING, StageStatus.RUNNING):
+            self._finish(run, name, claim, StageChange(
+                StageStatus.PENDING, next_attempt_at=next_due), [])
+        elif status == StageStatus.AWAITING_REVIEW:
+            waiting = [s.name for s in subs if s.status == SubtaskStatus.AWAITING_REVIEW]
+            self._finish(run, name, claim, StageChange(
+                StageStatus.AWAITING_REVIEW, clear=frozenset({"review_prompt", "review_data"})),
+                [])
+            log.debug("%s %s waits on subtask reviews: %s", run.item.id, name, waiting)
+        else:
+            bad = [s for s in subs if s.status in (SubtaskStatus.FAILED, SubtaskStatus.REJECTED)]
+            error = (f"{len(bad)} of {len(subs)} subtasks {status.value}: "
+                     + ", ".join(f"{s.name} ({s.error})" for s in bad))
+            kind = EventKind.STAGE_FAILED
+            self._finish(run, name, claim, StageChange(status, error=error), [
+                (kind, None, {"error": error, "subtasks": [s.name for s in bad]})])
+
+    def _run_subtask(self, run: _Run, spec: StageSpec, sub: SubtaskRecord, claim: str) -> None:
+        item_id, name = run.item.id, spec.name
+        got = self.store.claim_subtask(item_id, name, sub.name, claim=claim,
+                                       now=self.clock.now())
+        if got is None:
+            return
+        sub, events = got
+        self.bus.publish(events)
+        ctx = self._context(run, spec, sub.attempts, subtask=sub.name, subtask_data=sub.data,
+                            with_review=sub.attempt_base > 0)
+        change: SubtaskChange
+        try:
+            outcome = _execute(spec, run.item, ctx)
+            if outcome.kind in (OutcomeKind.FAN_OUT, OutcomeKind.SKIP):
+                raise _Attempt(f"ValueError: a subtask cannot return {outcome.kind.value}()")
+        except _Attempt as failure:
+            used = sub.attempts - sub.attempt_base
+            if not failure.final and used < spec.retry.max_attempts:
+                delay = failure.delay if failure.delay is not None else spec.retry.delay(used)
+                due = self.clock.now() + timedelta(seconds=max(delay, 0.0))
+                change = SubtaskChange(SubtaskStatus.PENDING, error=failure.error,
+                                       traceback=failure.tb, next_attempt_at=due,
+                                       clear=frozenset({"traceback"}))
+                evs: list[EventSpec] = [(EventKind.STAGE_RETRYING, sub.name, {
+                    "attempt": used, "error": failure.error, "delay": delay,
+                    "next_attempt_at": iso(due)})]
+            else:
+                change = SubtaskChange(SubtaskStatus.FAILED, error=failure.error,
+                                       traceback=failure.tb, clear=frozenset({"traceback"}))
+                evs = [(EventKind.SUBTASK_FAILED, sub.name,
+                        {"error": failure.error, "attempts": used})]
+        else:
+            if outcome.kind == OutcomeKind.NEEDS_REVIEW:
+                prompt = outcome.prompt or f"Review {name}/{sub.name} of {item_id}"
+                change = SubtaskChange(SubtaskStatus.AWAITING_REVIEW, review_prompt=prompt,
+                                       review_data=outcome.data,
+                                       clear=frozenset({"error", "traceback"}))
+                evs = [(EventKind.REVIEW_REQUIRED, sub.name, {"prompt": prompt})]
+            else:
+                change = SubtaskChange(SubtaskStatus.COMPLETED, output=outcome.output,
+                                       clear=frozenset({"error", "traceback", "output"}))
+                evs = [(EventKind.SUBTASK_COMPLETED, sub.name, None)]
+        out = self.store.finish_subtask(item_id, name, sub.name, claim=claim, change=change,
+                                        events=evs, now=self.clock.now())
+        self.bus.publish(out)

@@ -1,0 +1,445 @@
+"""The StateStore protocol and the transition logic every store shares.
+
+A store speaks in atomic operations: register an item, claim a stage, finish it, record a
+decision, reset a stage, append events, query. Each operation is one transaction, and the
+events it appends are written in that same transaction, so the log and the state never
+disagree. Stores implement a handful of row primitives (:class:`Tx`); the operations
+themselves are written once, in :class:`TransactionalStore`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, Protocol
+
+from ..errors import ConflictError, UnknownItemError, UnknownStageError
+from ..model import (
+    DONE_STATUSES,
+    DecisionKind,
+    Event,
+    EventKind,
+    ItemRecord,
+    ItemState,
+    Owner,
+    ReviewData,
+    StageChange,
+    StageRecord,
+    StageStatus,
+    SubTask,
+    SubtaskChange,
+    SubtaskRecord,
+    SubtaskStatus,
+    check_transition,
+    derive_item_state,
+    fanout_stage_status,
+)
+
+#: An event to append: kind, subtask (or None) and data. Item and stage come from the call.
+EventSpec = tuple[EventKind, str | None, dict[str, Any] | None]
+
+
+class StateStore(Protocol):
+    """What the engine needs from a store. Every mutating call is one atomic transaction."""
+
+    def register_item(
+        self, item_id: str, pipeline: str, data: Any, path: str | None, pipeline_hash: str | None,
+        stages: Sequence[str], now: datetime,
+    ) -> tuple[ItemRecord, list[Event]]: ...
+    def sync_stages(
+        self, item_id: str, stages: Sequence[str], path: str | None, pipeline_hash: str | None,
+        now: datetime,
+    ) -> list[Event]: ...
+    def claim_stage(
+        self, item_id: str, stage: str, *, expected: StageRecord, claim: str, owner: Owner,
+        now: datetime, lease_until: datetime | None,
+    ) -> tuple[StageRecord, list[Event]] | None: ...
+    def finish_stage(
+        self, item_id: str, stage: str, *, claim: str, change: StageChange,
+        events: Sequence[EventSpec], now: datetime,
+    ) -> list[Event] | None: ...
+    def add_subtasks(
+        self, item_id: str, stage: str, *, claim: str, subtasks: Sequence[SubTask], now: datetime,
+    ) -> list[Event] | None: ...
+    def claim_subtask(
+        self, item_id: str, stage: str, name: str, *, claim: str, now: datetime,
+    ) -> tuple[SubtaskRecord, list[Event]] | None: ...
+    def finish_subtask(
+        self, item_id: str, stage: str, name: str, *, claim: str, change: SubtaskChange,
+        events: Sequence[EventSpec], now: datetime,
+    ) -> list[Event] | None: ...
+    def decide(
+        self, item_id: str, stage: str, subtask: str | None, decision: ReviewData, now: datetime,
+    ) -> tuple[bool, list[Event]]: ...
+    def reset_stage(self, item_id: str, stage: str, now: datetime) -> list[Event]: ...
+
+    def get_item(self, item_id: str) -> ItemRecord | None: ...
+    def get_stages(self, item_id: str, *, include_inactive: bool = False) -> list[StageRecord]: ...
+    def get_subtasks(self, item_id: str, stage: str | None = None) -> list[SubtaskRecord]: ...
+    def last_decision(
+        self, item_id: str, stage: str, subtask: str | None = None
+    ) -> ReviewData | None: ...
+    def decisions(self, item_id: str) -> list[ReviewData]: ...
+    def events(
+        self, *, after: int = 0, item_id: str | None = None, limit: int | None = None
+    ) -> list[Event]: ...
+    def last_event_id(self) -> int: ...
+    def list_items(
+        self, *, pipeline: str | None = None, states: Sequence[str] | None = None,
+        limit: int | None = None, offset: int = 0,
+    ) -> list[ItemRecord]: ...
+    def count_items(
+        self, *, pipeline: str | None = None, states: Sequence[str] | None = None
+    ) -> dict[str, int]: ...
+    def stage_counts(self, *, pipeline: str | None = None) -> dict[str, dict[str, int]]: ...
+    def pending_reviews(self, *, pipeline: str | None = None) -> list[dict[str, Any]]: ...
+    def close(self) -> None: ...
+
+
+class Tx(Protocol):
+    """Row primitives a store offers inside one transaction."""
+
+    def get_item(self, item_id: str) -> ItemRecord | None: ...
+    def insert_item(self, rec: ItemRecord) -> None: ...
+    def update_item(self, rec: ItemRecord) -> None: ...
+    def get_stage(self, item_id: str, stage: str) -> StageRecord | None: ...
+    def list_stages(self, item_id: str, include_inactive: bool) -> list[StageRecord]: ...
+    def insert_stage(self, rec: StageRecord) -> None: ...
+    def update_stage(self, rec: StageRecord) -> None: ...
+    def active_statuses(self, item_id: str) -> list[str]: ...
+    def get_subtask(self, item_id: str, stage: str, name: str) -> SubtaskRecord | None: ...
+    def list_subtasks(self, item_id: str, stage: str) -> list[SubtaskRecord]: ...
+    def insert_subtask(self, rec: SubtaskRecord) -> None: ...
+    def update_subtask(self, rec: SubtaskRecord) -> None: ...
+    def insert_event(self, ev: Event) -> Event: ...
+    def insert_decision(self, rev: ReviewData) -> ReviewData: ...
+    def last_decision(self, item_id: str, stage: str, subtask: str | None) -> ReviewData | None: ...
+
+
+_CLAIM_FIELDS = ("claim", "owner_host", "owner_pid", "owner_started", "lease_until")
+
+
+def _apply_change(rec: Any, change: StageChange | SubtaskChange) -> None:
+    rec.status = change.status
+    for name in ("error", "traceback", "output", "review_prompt", "review_data",
+                 "next_attempt_at"):
+        value = getattr(change, name)
+        if value is not None:
+            setattr(rec, name, value)
+        elif name in change.clear:
+            setattr(rec, name, None)
+
+
+class TransactionalStore:
+    """The atomic operations, written once over :class:`Tx` primitives."""
+
+    def _tx(self) -> AbstractContextManager[Tx]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- helpers
+
+    def _event(self, tx: Tx, kind: EventKind, item_id: str, stage: str | None,
+               subtask: str | None, data: dict[str, Any] | None, now: datetime) -> Event:
+        return tx.insert_event(Event(kind, item_id, stage, subtask, data, ts=now))
+
+    def _refresh_item(self, tx: Tx, item_id: str, now: datetime, out: list[Event]) -> None:
+        item = tx.get_item(item_id)
+        if item is None:
+            return
+        statuses = tx.active_statuses(item_id)
+        state = derive_item_state(statuses)
+        done = sum(1 for s in statuses if s in DONE_STATUSES)
+        progress = round(100.0 * done / len(statuses), 1) if statuses else 100.0
+        if state != item.state or progress != item.progress:
+            was_complete = item.state == ItemState.COMPLETED
+            item.state, item.progress, item.updated_at = state, progress, now
+            tx.update_item(item)
+            if state == ItemState.COMPLETED and not was_complete:
+                out.append(self._event(tx, EventKind.ITEM_COMPLETED, item_id, None, None, None, now))
+
+    def _require_stage(self, tx: Tx, item_id: str, stage: str) -> StageRecord:
+        rec = tx.get_stage(item_id, stage)
+        if rec is None or not rec.active:
+            if tx.get_item(item_id) is None:
+                raise UnknownItemError(item_id)
+            known = [s.name for s in tx.list_stages(item_id, False)]
+            raise UnknownStageError(item_id, stage, known=known)
+        return rec
+
+    # -------------------------------------------------------------- operations
+
+    def register_item(
+        self, item_id: str, pipeline: str, data: Any, path: str | None, pipeline_hash: str | None,
+        stages: Sequence[str], now: datetime,
+    ) -> tuple[ItemRecord, list[Event]]:
+        """Create the item with every stage pending; an existing item is returned untouched."""
+        with self._tx() as tx:
+            existing = tx.get_item(item_id)
+            if existing is not None:
+                return existing, []
+            rec = ItemRecord(item_id, pipeline, data, path, pipeline_hash,
+                             ItemState.PENDING, 0.0, now, now)
+            tx.insert_item(rec)
+            for i, name in enumerate(stages):
+                tx.insert_stage(StageRecord(item_id, name, StageStatus.PENDING, i, updated_at=now))
+            out = [self._event(tx, EventKind.ITEM_REGISTERED, item_id, None, None,
+                               {"pipeline": pipeline, "path": path}, now)]
+            self._refresh_item(tx, item_id, now, out)
+            return rec, out
+
+    def sync_stages(
+        self, item_id: str, stages: Sequence[str], path: str | None, pipeline_hash: str | None,
+        now: datetime,
+    ) -> list[Event]:
+        """Match the item's stage rows to a (changed) pipeline: add new, deactivate removed."""
+        with self._tx() as tx:
+            item = tx.get_item(item_id)
+            if item is None:
+                raise UnknownItemError(item_id)
+            wanted = {name: i for i, name in enumerate(stages)}
+            for rec in tx.list_stages(item_id, True):
+                active, position = rec.name in wanted, wanted.get(rec.name, rec.position)
+                if (rec.active, rec.position) != (active, position):
+                    rec.active, rec.position = active, position
+                    tx.update_stage(rec)
+                wanted.pop(rec.name, None)
+            for name, i in wanted.items():
+                tx.insert_stage(StageRecord(item_id, name, StageStatus.PENDING, i, updated_at=now))
+            if (item.pipeline_path, item.pipeline_hash) != (path, pipeline_hash):
+                item.pipeline_path, item.pipeline_hash, item.updated_at = path, pipeline_hash, now
+                tx.update_item(item)
+            out: list[Event] = []
+            self._refresh_item(tx, item_id, now, out)
+            return out
+
+    def claim_stage(
+        self, item_id: str, stage: str, *, expected: StageRecord, claim: str, owner: Owner,
+        now: datetime, lease_until: datetime | None,
+    ) -> tuple[StageRecord, list[Event]] | None:
+        """Compare-and-set ``expected`` (status and claim) to running under ``claim``."""
+        with self._tx() as tx:
+            rec = tx.get_stage(item_id, stage)
+            if rec is None or rec.status != expected.status or rec.claim != expected.claim:
+                return None
+            check_transition("stage", rec.status, StageStatus.RUNNING)
+            takeover = rec.status == StageStatus.RUNNING
+            previous = (
+                {"previous_owner": f"{rec.owner_host}:{rec.owner_pid}"} if takeover else {}
+            )
+            if not rec.fanned_out:
+                rec.attempts += 1
+            rec.status, rec.claim = StageStatus.RUNNING, claim
+            rec.owner_host, rec.owner_pid, rec.owner_started = owner.host, owner.pid, owner.started
+            rec.lease_until, rec.started_at, rec.updated_at = lease_until, now, now
+            rec.next_attempt_at = None
+            tx.update_stage(rec)
+            data = {"attempt": rec.attempts - rec.attempt_base, "owner": f"{owner.host}:{owner.pid}",
+                    **previous}
+            out = [self._event(tx, EventKind.STAGE_STARTED, item_id, stage, None, data, now)]
+            self._refresh_item(tx, item_id, now, out)
+            return rec, out
+
+    def finish_stage(
+        self, item_id: str, stage: str, *, claim: str, change: StageChange,
+        events: Sequence[EventSpec], now: datetime,
+    ) -> list[Event] | None:
+        """Write the result of a run we still hold; ``None`` if our claim was taken over."""
+        with self._tx() as tx:
+            rec = tx.get_stage(item_id, stage)
+            if rec is None or rec.claim != claim or rec.status != StageStatus.RUNNING:
+                return None
+            check_transition("stage", rec.status, change.status)
+            _apply_change(rec, change)
+            for name in _CLAIM_FIELDS:
+                setattr(rec, name, None)
+            rec.updated_at = now
+            if change.status in (StageStatus.AWAITING_REVIEW,):
+                rec.requested_at = now
+            if change.status != StageStatus.PENDING:
+                rec.finished_at = now
+            tx.update_stage(rec)
+            out = [self._event(tx, kind, item_id, stage, sub, data, now)
+                   for kind, sub, data in events]
+            self._refresh_item(tx, item_id, now, out)
+            return out
+
+    def add_subtasks(
+        self, item_id: str, stage: str, *, claim: str, subtasks: Sequence[SubTask], now: datetime,
+    ) -> list[Event] | None:
+        """Record a fan-out. Subtasks that exist already keep their state and results."""
+        with self._tx() as tx:
+            rec = tx.get_stage(item_id, stage)
+            if rec is None or rec.claim != claim:
+                return None
+            existing = {s.name: s for s in tx.list_subtasks(item_id, stage)}
+            for i, sub in enumerate(subtasks):
+                if sub.name in existing:
+                    old = existing[sub.name]
+                    if old.position != i:
+                        old.position = i
+                        tx.update_subtask(old)
+                    continue
+                tx.insert_subtask(SubtaskRecord(item_id, stage, sub.name, SubtaskStatus.PENDING, i,
+                                                data=sub.data, updated_at=now))
+            rec.fanned_out, rec.updated_at = True, now
+            tx.update_stage(rec)
+            data = {"subtasks": [s.name for s in subtasks]}
+            return [self._event(tx, EventKind.FAN_OUT, item_id, stage, None, data, now)]
+
+    def claim_subtask(
+        self, item_id: str, stage: str, name: str, *, claim: str, now: datetime,
+    ) -> tuple[SubtaskRecord, list[Event]] | None:
+        """Start a pending subtask, or restart one a dead owner left running."""
+        with self._tx() as tx:
+            rec = tx.get_stage(item_id, stage)
+            sub = tx.get_subtask(item_id, stage, name)
+            if rec is None or rec.claim != claim or sub is None:
+                return None
+            if sub.status not in (SubtaskStatus.PENDING, SubtaskStatus.RUNNING):
+                return None
+            check_transition("subtask", sub.status, SubtaskStatus.RUNNING)
+            sub.status, sub.attempts = SubtaskStatus.RUNNING, sub.attempts + 1
+            sub.started_at = sub.updated_at = now
+            sub.next_attempt_at = None
+            tx.update_subtask(sub)
+            data = {"attempt": sub.attempts - sub.attempt_base}
+            ev = self._event(tx, EventKind.SUBTASK_STARTED, item_id, stage, name, data, now)
+            return sub, [ev]
+
+    def finish_subtask(
+        self, item_id: str, stage: str, name: str, *, claim: str, change: SubtaskChange,
+        events: Sequence[EventSpec], now: datetime,
+    ) -> list[Event] | None:
+        with self._tx() as tx:
+            rec = tx.get_stage(item_id, stage)
+            sub = tx.get_subtask(item_id, stage, name)
+            if rec is None or rec.claim != claim or sub is None:
+                return None
+            if sub.status != SubtaskStatus.RUNNING:
+                return None
+            check_transition("subtask", sub.status, change.status)
+            _apply_change(sub, change)
+            sub.updated_at = now
+            if change.status == SubtaskStatus.AWAITING_REVIEW:
+                sub.requested_at = now
+            if change.status != SubtaskStatus.PENDING:
+                sub.finished_at = now
+            tx.update_subtask(sub)
+            return [self._event(tx, kind, item_id, stage, s, data, now) for kind, s, data in events]
+
+    def decide(
+        self, item_id: str, stage: str, subtask: str | None, decision: ReviewData, now: datetime,
+    ) -> tuple[bool, list[Event]]:
+        """Approve or reject what awaits review. Returns (changed, events).
+
+        A decision identical to the last one on a target already decided is a no-op
+        (``changed`` False); anything else not awaiting review is a ConflictError.
+        """
+        with self._tx() as tx:
+            rec = self._require_stage(tx, item_id, stage)
+            target: StageRecord | SubtaskRecord = rec
+            if subtask is not None:
+                sub = tx.get_subtask(item_id, stage, subtask)
+                if sub is None:
+                    names = [s.name for s in tx.list_subtasks(item_id, stage)]
+                    raise UnknownStageError(item_id, f"{stage}/{subtask}",
+                                            known=[f"{stage}/{n}" for n in names] or None)
+                target = sub
+            elif rec.fanned_out and rec.status == StageStatus.AWAITING_REVIEW:
+                waiting = [s.name for s in tx.list_subtasks(item_id, stage)
+                           if s.status == SubtaskStatus.AWAITING_REVIEW]
+                if waiting:
+                    raise ConflictError(
+                        f"{item_id} {stage} waits on its subtasks, not on a decision of its own",
+                        hint="decide each one: " + ", ".join(f"{stage}/{n}" for n in waiting),
+                    )
+            where = f"{item_id} {stage}" + (f"/{subtask}" if subtask else "")
+            approve = decision.decision == DecisionKind.APPROVED
+            if target.status != StageStatus.AWAITING_REVIEW:
+                last = tx.last_decision(item_id, stage, subtask)
+                done = StageStatus.COMPLETED if approve else StageStatus.REJECTED
+                if last is not None and last.decision == decision.decision and target.status == done:
+                    return False, []
+                raise ConflictError(
+                    f"{where} is {target.status}, not awaiting review",
+                    hint="see `treadle reviews` for what awaits a decision",
+                )
+            stored = tx.insert_decision(
+                replace(decision, item_id=item_id, stage=stage, subtask=subtask, at=now)
+            )
+            out: list[Event] = []
+            data: dict[str, Any] = {"by": stored.by, "decision_id": stored.id}
+            if approve:
+                if decision.output is not None:
+                    target.output = decision.output
+                elif target.output is None:
+                    target.output = target.review_data
+                target.status = StageStatus.COMPLETED
+                target.error = None
+                if stored.comment:
+                    data["comment"] = stored.comment
+            else:
+                target.status = StageStatus.REJECTED
+                target.error = f"rejected by {stored.by}: {stored.reason}"
+                data["reason"] = stored.reason
+            target.finished_at = target.updated_at = now
+            kind = EventKind.REVIEW_APPROVED if approve else EventKind.REVIEW_REJECTED
+            out.append(self._event(tx, kind, item_id, stage, subtask, data, now))
+            if isinstance(target, SubtaskRecord):
+                target.status = SubtaskStatus(target.status)
+                tx.update_subtask(target)
+                if approve:
+                    out.append(self._event(tx, EventKind.SUBTASK_COMPLETED, item_id, stage,
+                                           subtask, None, now))
+                self._follow_subtasks(tx, rec, now)
+            else:
+                target.status = StageStatus(target.status)
+                tx.update_stage(target)
+                if approve:
+                    out.append(self._event(tx, EventKind.STAGE_COMPLETED, item_id, stage, None,
+                                           None, now))
+            self._refresh_item(tx, item_id, now, out)
+            return True, out
+
+    def _follow_subtasks(self, tx: Tx, rec: StageRecord, now: datetime) -> None:
+        """After a subtask decision, move a stage nobody is running to match its subtasks."""
+        if rec.status == StageStatus.RUNNING:
+            return  # the running advance will settle it
+        new = fanout_stage_status(s.status for s in tx.list_subtasks(rec.item_id, rec.name))
+        if new == StageStatus.COMPLETED:
+            new = StageStatus.PENDING  # the next advance finishes it (output, review: always)
+        if new != rec.status:
+            check_transition("stage", rec.status, new)
+            rec.status, rec.updated_at = new, now
+            tx.update_stage(rec)
+
+    def reset_stage(self, item_id: str, stage: str, now: datetime) -> list[Event]:
+        """Make a failed or rejected stage pending again; only failed subtasks will re-run."""
+        with self._tx() as tx:
+            rec = self._require_stage(tx, item_id, stage)
+            if rec.status not in (StageStatus.FAILED, StageStatus.REJECTED):
+                raise ConflictError(
+                    f"{item_id} {stage} is {rec.status}; only a failed or rejected stage can be retried",
+                    hint="see `treadle status " + item_id + "`",
+                )
+            again: list[str] = []
+            if rec.fanned_out:
+                for sub in tx.list_subtasks(item_id, stage):
+                    if sub.status in (SubtaskStatus.FAILED, SubtaskStatus.REJECTED):
+                        sub.status, sub.attempt_base = SubtaskStatus.PENDING, sub.attempts
+                        sub.error = sub.traceback = sub.next_attempt_at = None
+                        sub.updated_at = now
+                        tx.update_subtask(sub)
+                        again.append(sub.name)
+                if not again:
+                    rec.fanned_out = False  # a rejected whole: run the stage itself again
+            rec.status, rec.attempt_base = StageStatus.PENDING, rec.attempts
+            rec.error = rec.traceback = rec.next_attempt_at = None
+            rec.updated_at = now
+            tx.update_stage(rec)
+            data = {"subtasks": again} if again else None
+            out = [self._event(tx, EventKind.STAGE_RESET, item_id, stage, None, data, now)]
+            self._refresh_item(tx, item_id, now, out)
+            return out

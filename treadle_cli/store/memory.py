@@ -1,0 +1,206 @@
+"""An in-process store: the same behaviour as SQLite, for tests and throwaway runs."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+from ..model import (
+    Event,
+    ItemRecord,
+    ReviewData,
+    StageRecord,
+    StageStatus,
+    SubtaskRecord,
+    SubtaskStatus,
+)
+from .base import TransactionalStore
+
+
+class _MemoryTx:
+    """Row primitives over dictionaries; copies out so callers never alias stored rows."""
+
+    def __init__(self, store: MemoryStateStore) -> None:
+        self.s = store
+
+    def get_item(self, item_id: str) -> ItemRecord | None:
+        rec = self.s._items.get(item_id)
+        return copy.copy(rec) if rec else None
+
+    def insert_item(self, rec: ItemRecord) -> None:
+        self.s._items[rec.id] = copy.deepcopy(rec)
+
+    update_item = insert_item
+
+    def get_stage(self, item_id: str, stage: str) -> StageRecord | None:
+        rec = self.s._stages.get((item_id, stage))
+        return copy.deepcopy(rec) if rec else None
+
+    def list_stages(self, item_id: str, include_inactive: bool) -> list[StageRecord]:
+        rows = [copy.deepcopy(r) for (i, _), r in self.s._stages.items() if i == item_id]
+        return sorted((r for r in rows if include_inactive or r.active), key=lambda r: r.position)
+
+    def insert_stage(self, rec: StageRecord) -> None:
+        self.s._stages[(rec.item_id, rec.name)] = copy.deepcopy(rec)
+
+    update_stage = insert_stage
+
+    def active_statuses(self, item_id: str) -> list[str]:
+        return [r.status for (i, _), r in self.s._stages.items() if i == item_id and r.active]
+
+    def get_subtask(self, item_id: str, stage: str, name: str) -> SubtaskRecord | None:
+        rec = self.s._subtasks.get((item_id, stage, name))
+        return copy.deepcopy(rec) if rec else None
+
+    def list_subtasks(self, item_id: str, stage: str) -> list[SubtaskRecord]:
+        rows = [copy.deepcopy(r) for (i, st, _), r in self.s._subtasks.items()
+                if i == item_id and st == stage]
+        return sorted(rows, key=lambda r: r.position)
+
+    def insert_subtask(self, rec: SubtaskRecord) -> None:
+        self.s._subtasks[(rec.item_id, rec.stage, rec.name)] = copy.deepcopy(rec)
+
+    update_subtask = insert_subtask
+
+    def insert_event(self, ev: Event) -> Event:
+        stored = replace(ev, id=len(self.s._events) + 1, data=copy.deepcopy(ev.data))
+        self.s._events.append(stored)
+        return stored
+
+    def insert_decision(self, rev: ReviewData) -> ReviewData:
+        stored = replace(rev, id=len(self.s._decisions) + 1)
+        self.s._decisions.append(stored)
+        return stored
+
+    def last_decision(self, item_id: str, stage: str, subtask: str | None) -> ReviewData | None:
+        for d in reversed(self.s._decisions):
+            if (d.item_id, d.stage, d.subtask) == (item_id, stage, subtask):
+                return d
+        return None
+
+
+class MemoryStateStore(TransactionalStore):
+    """Keeps everything in dictionaries; nothing survives the process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._items: dict[str, ItemRecord] = {}
+        self._stages: dict[tuple[str, str], StageRecord] = {}
+        self._subtasks: dict[tuple[str, str, str], SubtaskRecord] = {}
+        self._events: list[Event] = []
+        self._decisions: list[ReviewData] = []
+
+    @contextmanager
+    def _tx(self) -> Iterator[_MemoryTx]:
+        # Operations check before they write, so a lock is all atomicity needs here.
+        with self._lock:
+            yield _MemoryTx(self)
+
+    def get_item(self, item_id: str) -> ItemRecord | None:
+        with self._tx() as tx:
+            return tx.get_item(item_id)
+
+    def get_stages(self, item_id: str, *, include_inactive: bool = False) -> list[StageRecord]:
+        with self._tx() as tx:
+            return tx.list_stages(item_id, include_inactive)
+
+    def get_subtasks(self, item_id: str, stage: str | None = None) -> list[SubtaskRecord]:
+        with self._lock:
+            rows = [copy.deepcopy(r) for (i, st, _), r in self._subtasks.items()
+                    if i == item_id and (stage is None or st == stage)]
+            order = {s.name: s.position for s in self._stages.values() if s.item_id == item_id}
+            return sorted(rows, key=lambda r: (order.get(r.stage, 0), r.position))
+
+    def last_decision(
+        self, item_id: str, stage: str, subtask: str | None = None
+    ) -> ReviewData | None:
+        with self._tx() as tx:
+            return tx.last_decision(item_id, stage, subtask)
+
+    def decisions(self, item_id: str) -> list[ReviewData]:
+        with self._lock:
+            return [d for d in self._decisions if d.item_id == item_id]
+
+    def events(
+        self, *, after: int = 0, item_id: str | None = None, limit: int | None = None
+    ) -> list[Event]:
+        with self._lock:
+            rows = [e for e in self._events[after:] if item_id is None or e.item_id == item_id]
+            return rows[:limit] if limit is not None else rows
+
+    def last_event_id(self) -> int:
+        with self._lock:
+            return len(self._events)
+
+    def _matching(self, pipeline: str | None, states: Sequence[str] | None) -> list[ItemRecord]:
+        return [r for r in self._items.values()
+                if (pipeline is None or r.pipeline == pipeline)
+                and (not states or r.state in states)]
+
+    def list_items(
+        self, *, pipeline: str | None = None, states: Sequence[str] | None = None,
+        limit: int | None = None, offset: int = 0,
+    ) -> list[ItemRecord]:
+        with self._lock:
+            rows = sorted(self._matching(pipeline, states), key=lambda r: (r.created_at, r.id))
+            end = None if limit is None else offset + limit
+            return [copy.copy(r) for r in rows[offset:end]]
+
+    def count_items(
+        self, *, pipeline: str | None = None, states: Sequence[str] | None = None
+    ) -> dict[str, int]:
+        with self._lock:
+            counts: dict[str, int] = {}
+            for r in self._matching(pipeline, states):
+                counts[r.state] = counts.get(r.state, 0) + 1
+            return counts
+
+    def stage_counts(self, *, pipeline: str | None = None) -> dict[str, dict[str, int]]:
+        with self._lock:
+            out: dict[str, dict[str, int]] = {}
+            for rec in self._stages.values():
+                item = self._items[rec.item_id]
+                if not rec.active or (pipeline is not None and item.pipeline != pipeline):
+                    continue
+                per = out.setdefault(rec.name, {})
+                per[rec.status] = per.get(rec.status, 0) + 1
+            return out
+
+    def pending_reviews(self, *, pipeline: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            out: list[dict[str, Any]] = []
+            for rec in self._stages.values():
+                item = self._items[rec.item_id]
+                if pipeline is not None and item.pipeline != pipeline:
+                    continue
+                if (rec.active and rec.status == StageStatus.AWAITING_REVIEW
+                        and rec.review_prompt is not None):
+                    out.append(_review_row(rec, None))
+            for sub in self._subtasks.values():
+                item = self._items[sub.item_id]
+                if pipeline is not None and item.pipeline != pipeline:
+                    continue
+                if sub.status == SubtaskStatus.AWAITING_REVIEW:
+                    out.append(_review_row(sub, sub.name))
+            return sorted(out, key=lambda r: (r["requested_at"] or "", r["item"]))
+
+    def close(self) -> None:
+        pass
+
+
+def _review_row(rec: StageRecord | SubtaskRecord, subtask: str | None) -> dict[str, Any]:
+    from ..model import iso
+
+    stage = rec.stage if isinstance(rec, SubtaskRecord) else rec.name
+    return {
+        "item": rec.item_id,
+        "stage": stage,
+        "subtask": subtask,
+        "prompt": rec.review_prompt,
+        "data": rec.review_data,
+        "requested_at": iso(rec.requested_at),
+    }
