@@ -31,11 +31,30 @@ from .model import (
 )
 
 __version__ = "0.1.0"
-from .events import Subscription
-from .pipeline import Pipeline, StageSpec
-from .status import PipelineStatus, StageView
-from .store import MemoryStateStore, SqliteStateStore, StateStore
-from .workflow import Workflow, WorkflowBuilder
+# Heavier pieces load on first use, so `treadle approve` starts fast.
+_LAZY = {
+    "Subscription": "events",
+    "Pipeline": "pipeline",
+    "StageSpec": "pipeline",
+    "PipelineStatus": "status",
+    "StageView": "status",
+    "MemoryStateStore": "store",
+    "SqliteStateStore": "store",
+    "StateStore": "store",
+    "Workflow": "workflow",
+    "WorkflowBuilder": "workflow",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'treadle_cli' has no attribute {name!r}")
+
 
 __all__ = [
     "ConflictError",

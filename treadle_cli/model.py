@@ -96,6 +96,27 @@ def derive_item_state(statuses: Iterable[str]) -> ItemState:
     return ItemState.PENDING
 
 
+def waiting_on(stages: Iterable[tuple[str, str, datetime | None]]) -> str:
+    """What an item waits on, from its active stages' (name, status, next_attempt_at)."""
+    rows = list(stages)
+    for status, label in (
+        (StageStatus.FAILED, "failed"),
+        (StageStatus.REJECTED, "rejected"),
+        (StageStatus.AWAITING_REVIEW, "review"),
+        (StageStatus.RUNNING, "running"),
+    ):
+        names = [n for n, s, _ in rows if s == status]
+        if names:
+            return f"{label}: {', '.join(names)}"
+    retries = [(due, n) for n, s, due in rows if s == StageStatus.PENDING and due is not None]
+    if retries:
+        due, name = min(retries)
+        return f"retry: {name} at {iso(due)}"
+    if all(s in DONE_STATUSES for _, s, _ in rows):
+        return ""
+    return "advance"
+
+
 def fanout_stage_status(statuses: Iterable[str]) -> StageStatus:
     """A fan-out stage's status from its subtasks' statuses."""
     present = set(statuses)
@@ -340,6 +361,7 @@ class ItemRecord:
     progress: float
     created_at: datetime
     updated_at: datetime
+    waiting_on: str = "advance"
 
 
 @dataclass

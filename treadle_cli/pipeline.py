@@ -138,7 +138,9 @@ def _validate(
             continue
         first[spec.name] = spec
         # The YAML reader checks `uses` itself, with the failing import's message.
-        if check_impl and not _is_impl(spec.impl):
+        if check_impl and spec.impl is None:
+            add(where, f"stage {spec.name!r} has no impl (a Stage instance or a function)")
+        elif check_impl and not _is_impl(spec.impl):
             add(where, f"stage {spec.name!r}: impl must be a Stage instance or a function")
 
     g = nx.DiGraph()
@@ -185,22 +187,6 @@ def _fail(problems: list[_Problem], *, path: str | None, label: str, hint: str |
     raise cls(summary, path=path, problems=texts, hint=hint)
 
 
-def _assemble(
-    name: str,
-    specs: list[StageSpec],
-    order: list[str],
-    description: str,
-    path: str | None,
-    hash: str | None,
-) -> Pipeline:
-    by_name = {spec.name: spec for spec in specs}
-    stages = {stage: by_name[stage] for stage in order}
-    if hash is None:
-        canonical = json.dumps([[s, list(stages[s].needs)] for s in order])
-        hash = hashlib.sha256(canonical.encode()).hexdigest()
-    return Pipeline(name, stages, description=description, path=path, hash=hash)
-
-
 def build_pipeline(
     name: str,
     specs: list[StageSpec],
@@ -225,7 +211,12 @@ def build_pipeline(
     problems, order = _validate(name, specs, locate, check_impl=True)
     if problems:
         _fail(problems, path=path, label=path or f"pipeline {name!r}", hint=None)
-    return _assemble(name, specs, order, description, path, hash)
+    by_name = {spec.name: spec for spec in specs}
+    stages = {stage: by_name[stage] for stage in order}
+    if hash is None:
+        canonical = json.dumps([[s, list(stages[s].needs)] for s in order])
+        hash = hashlib.sha256(canonical.encode()).hexdigest()
+    return Pipeline(name, stages, description=description, path=path, hash=hash)
 
 
 # ------------------------------------------------------------------- imports
@@ -374,7 +365,9 @@ class _Reader:
             mark, cmark = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             if (context := getattr(exc, "context", None)) and cmark:
-                problem += f" ({context} started on line {cmark.line + 1})"
+                started = f"{problem} ({context} started on line {cmark.line + 1})"
+                # "expected a single document, but found another" reads better unsplit.
+                problem = f"{context}, {problem}" if problem.startswith("but ") else started
             self.add(mark.line + 1 if mark else 1, f"invalid YAML: {problem}")
             return None, "", []
         if not isinstance(root, yaml.MappingNode):
@@ -409,7 +402,7 @@ class _Reader:
         fields = self.mapping(node, f"in stage {name!r}", STAGE_KEYS)
         if isinstance(with_node := fields.get("with", (None, None))[1], self.yaml.MappingNode):
             self.mapping(with_node, f"in `with` {what}")  # only to report duplicate keys
-        got = self.checked(fields, STAGE_KEYS, what)
+        got = self.checked(fields, [k for k in STAGE_KEYS if k not in ("needs", "retry")], what)
         opts = {k: got[k] for k in ("concurrency", "timeout", "review") if k in got}
         opts["needs"] = self.needs(name, fields.get("needs", (None, None))[1])
         if "retry" in fields:
@@ -537,9 +530,10 @@ def load_pipeline(path: str | os.PathLike[str]) -> Pipeline:
             line = reader.need_lines.get((stage, need or ""), 0) or lines.get(stage, 0)
         return f"{label}:{line}: ", line
 
-    problems, order = _validate(name, specs, locate, check_impl=False)
+    problems, _ = _validate(name, specs, locate, check_impl=False)
     problems = sorted(reader.problems + problems, key=lambda p: p.line)
     if problems:
         _fail(problems, path=label, label=label, hint=hint)
     assert name is not None  # a missing name is always reported as a problem
-    return _assemble(name, specs, order, description, full, hashlib.sha256(data).hexdigest())
+    sha = hashlib.sha256(data).hexdigest()
+    return build_pipeline(name, specs, description=description, path=full, hash=sha)

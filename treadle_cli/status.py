@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from .errors import UnknownItemError
@@ -16,6 +15,7 @@ from .model import (
     StageStatus,
     SubtaskRecord,
     iso,
+    waiting_on,
 )
 from .store.base import StateStore
 
@@ -66,28 +66,6 @@ class StageView:
                 for s in self.subtasks
             ],
         }
-
-
-def waiting_on(stages: list[StageRecord]) -> str:
-    """A short phrase for what an item waits on, for tables and ``waiting_on`` in JSON."""
-    by_status: dict[str, list[str]] = {}
-    for s in stages:
-        by_status.setdefault(s.status, []).append(s.name)
-    for status, label in (
-        (StageStatus.FAILED, "failed"),
-        (StageStatus.REJECTED, "rejected"),
-        (StageStatus.AWAITING_REVIEW, "review"),
-        (StageStatus.RUNNING, "running"),
-    ):
-        if status in by_status:
-            return f"{label}: {', '.join(by_status[status])}"
-    retries = [s for s in stages if s.status == StageStatus.PENDING and s.next_attempt_at]
-    if retries:
-        first = min(retries, key=lambda s: s.next_attempt_at or datetime.max)
-        return f"retry: {first.name} at {iso(first.next_attempt_at)}"
-    if stages and all(s.status in DONE_STATUSES for s in stages):
-        return ""
-    return "advance"
 
 
 @dataclass
@@ -144,7 +122,7 @@ class PipelineStatus:
 
     @property
     def waiting_on(self) -> str:
-        return waiting_on([s.record for s in self.stages])
+        return waiting_on((s.name, s.status, s.record.next_attempt_at) for s in self.stages)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -10,6 +10,7 @@ from typing import Any
 from . import decisions
 from .engine import DEFAULT_LEASE, Engine
 from .events import EventBus, Subscription
+from .errors import PipelineError
 from .model import Clock, Event, RetryPolicy, Stage, SystemClock, WorkItem
 from .pipeline import Pipeline, StageSpec, build_pipeline, load_pipeline
 from .status import PipelineStatus, load_status
@@ -62,8 +63,10 @@ class WorkflowBuilder:
                 orphans.append((stage, dep))
         specs = [StageSpec(name=n, needs=tuple(needs[n]), **self._specs[n]) for n in self._order]
         specs += [StageSpec(name=n, impl=self._specs[n]["impl"]) for n in self._duplicates]
-        for stage, dep in orphans:  # a dependency of an unknown stage: let validation name it
-            specs.append(StageSpec(name=stage, impl=None, needs=(dep,)))
+        if orphans:
+            names = ", ".join(sorted({stage for stage, _ in orphans}))
+            raise PipelineError(f"dependency declared for unknown stage(s): {names}",
+                                hint="add the stage with .stage(name, impl) first")
         canonical = "\n".join(f"{s.name}<-{','.join(s.needs)}" for s in specs)
         digest = hashlib.sha256(f"{self._name}\n{canonical}".encode()).hexdigest()
         pipeline = build_pipeline(self._name, specs, hash=digest)

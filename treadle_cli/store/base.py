@@ -35,6 +35,7 @@ from ..model import (
     check_transition,
     derive_item_state,
     fanout_stage_status,
+    waiting_on,
 )
 
 #: An event to append: kind, subtask (or None) and data. Item and stage come from the call.
@@ -108,7 +109,9 @@ class Tx(Protocol):
     def list_stages(self, item_id: str, include_inactive: bool) -> list[StageRecord]: ...
     def insert_stage(self, rec: StageRecord) -> None: ...
     def update_stage(self, rec: StageRecord) -> None: ...
-    def active_statuses(self, item_id: str) -> list[str]: ...
+    def active_stages(self, item_id: str) -> list[tuple[str, str, datetime | None]]:
+        """(name, status, next_attempt_at) of the item's active stages, in pipeline order."""
+        ...
     def get_subtask(self, item_id: str, stage: str, name: str) -> SubtaskRecord | None: ...
     def list_subtasks(self, item_id: str, stage: str) -> list[SubtaskRecord]: ...
     def insert_subtask(self, rec: SubtaskRecord) -> None: ...
@@ -148,13 +151,16 @@ class TransactionalStore:
         item = tx.get_item(item_id)
         if item is None:
             return
-        statuses = tx.active_statuses(item_id)
+        rows = tx.active_stages(item_id)
+        statuses = [s for _, s, _ in rows]
         state = derive_item_state(statuses)
         done = sum(1 for s in statuses if s in DONE_STATUSES)
         progress = round(100.0 * done / len(statuses), 1) if statuses else 100.0
-        if state != item.state or progress != item.progress:
+        waiting = waiting_on(rows)
+        if (state, progress, waiting) != (item.state, item.progress, item.waiting_on):
             was_complete = item.state == ItemState.COMPLETED
             item.state, item.progress, item.updated_at = state, progress, now
+            item.waiting_on = waiting
             tx.update_item(item)
             if state == ItemState.COMPLETED and not was_complete:
                 out.append(self._event(tx, EventKind.ITEM_COMPLETED, item_id, None, None, None, now))

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from ..model import (
@@ -49,8 +50,10 @@ class _MemoryTx:
 
     update_stage = insert_stage
 
-    def active_statuses(self, item_id: str) -> list[str]:
-        return [r.status for (i, _), r in self.s._stages.items() if i == item_id and r.active]
+    def active_stages(self, item_id: str) -> list[tuple[str, str, datetime | None]]:
+        rows = sorted((r for (i, _), r in self.s._stages.items() if i == item_id and r.active),
+                      key=lambda r: r.position)
+        return [(r.name, r.status, r.next_attempt_at) for r in rows]
 
     def get_subtask(self, item_id: str, stage: str, name: str) -> SubtaskRecord | None:
         rec = self.s._subtasks.get((item_id, stage, name))

@@ -14,6 +14,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,7 +41,7 @@ APPLICATION_ID = 0x7472646C
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 ITEM_COLS = ("id", "pipeline", "data", "pipeline_path", "pipeline_hash", "state", "progress",
-             "created_at", "updated_at")
+             "created_at", "updated_at", "waiting_on")
 STAGE_COLS = ("item_id", "name", "status", "position", "active", "attempts", "attempt_base",
               "error", "traceback", "output", "review_prompt", "review_data", "requested_at",
               "next_attempt_at", "fanned_out", "claim", "owner_host", "owner_pid",
@@ -147,7 +148,8 @@ _SQL = {
     "list_stages": _select("stages", STAGE_COLS) + " WHERE item_id = ? ORDER BY position",
     "insert_stage": _insert("stages", STAGE_COLS),
     "update_stage": _update("stages", STAGE_COLS, ("item_id", "name")),
-    "active_statuses": "SELECT status FROM stages WHERE item_id = ? AND active = 1",
+    "active_stages": "SELECT name, status, next_attempt_at FROM stages "
+    "WHERE item_id = ? AND active = 1 ORDER BY position",
     "get_subtask": _select("subtasks", SUBTASK_COLS)
     + " WHERE item_id = ? AND stage = ? AND name = ?",
     "list_subtasks": _select("subtasks", SUBTASK_COLS)
@@ -189,8 +191,9 @@ class _SqliteTx:
     def update_stage(self, rec: StageRecord) -> None:
         self.c.execute(_SQL["update_stage"], _values(rec, STAGE_COLS, ("item_id", "name")))
 
-    def active_statuses(self, item_id: str) -> list[str]:
-        return [r[0] for r in self.c.execute(_SQL["active_statuses"], (item_id,))]
+    def active_stages(self, item_id: str) -> list[tuple[str, str, datetime | None]]:
+        return [(n, s, parse_ts(t))
+                for n, s, t in self.c.execute(_SQL["active_stages"], (item_id,))]
 
     def get_subtask(self, item_id: str, stage: str, name: str) -> SubtaskRecord | None:
         row = self.c.execute(_SQL["get_subtask"], (item_id, stage, name)).fetchone()
@@ -248,7 +251,7 @@ def _create_schema(conn: sqlite3.Connection) -> None:
     db["items"].create(
         {"id": text, "pipeline": text, "data": text, "pipeline_path": text,
          "pipeline_hash": text, "state": text, "progress": real, "created_at": text,
-         "updated_at": text},
+         "updated_at": text, "waiting_on": text},
         pk="id", not_null={"pipeline", "state", "created_at"},
     )
     db["stages"].create(
