@@ -20,5 +20,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check treadle_cli tests
 	$(BIN)/ruff format --check treadle_cli tests
 
+demo: $(STAMP)
+	bash scripts/demo.sh
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+stress: $(STAMP)
+	TREADLE_STRESS=1 $(BIN)/python -m pytest tests/reliability -m stress -p no:cacheprovider
+
 clean:
 	rm -rf $(VENV) .demo .pytest_cache build *.egg-info

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The README's tour, run for real: every step prints the command it runs, so you can repeat it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+export TREADLE_DB=.demo/treadle.db
+PIPELINE=pipelines/document_review.yaml
+
+step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
+# advance and the --advance flags exit 1 when a stage failed or an item was rejected.
+step_may_fail() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@" || echo "(exit code $?)"; }
+
+rm -rf .demo && mkdir -p .demo
+cat > .demo/items.jsonl <<'JSONL'
+{"id": "onboarding", "data": {"path": "docs/onboarding.md", "out": ".demo/out"}}
+{"id": "release-notes", "data": {"path": "docs/release-notes.md", "flaky": true, "out": ".demo/out"}}
+{"id": "incident-report", "data": {"path": "docs/incident-report.md", "out": ".demo/out"}}
+JSONL
+
+echo "treadle demo: database $TREADLE_DB, pipeline $PIPELINE"
+step treadle validate "$PIPELINE"
+step treadle graph "$PIPELINE"
+step cat .demo/items.jsonl
+step_may_fail treadle advance "$PIPELINE" --items .demo/items.jsonl
+step treadle status --all
+step treadle reviews
+step treadle status release-notes
+step treadle approve onboarding review --comment "Reads well" --advance
+step treadle reject incident-report review --reason "Fix the broken runbook link before publishing"
+step treadle retry incident-report review --advance
+step treadle approve incident-report review --comment "Link is tracked in OPS-12" --advance
+step treadle status incident-report
+step treadle history incident-report
+step treadle status --all
+step ls .demo/out
+echo
+echo "Done. release-notes still waits for you: treadle --db $TREADLE_DB approve release-notes review --advance"
