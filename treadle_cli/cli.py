@@ -326,6 +326,8 @@ def advance(
     for item_id, _ in targets:
         validate_item_id(item_id)
     wf = _load_workflow(pipeline)
+    if wf.pipeline.durability == "full":  # the pipeline file may ask for power-loss safety
+        state.durability = Durability.full
     store = state.open()
     if all_items:
         seen = {t[0] for t in targets}

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import networkx
 
 NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
-TOP_KEYS = ("pipeline", "description", "stages")
+TOP_KEYS = ("pipeline", "description", "durability", "stages")
 STAGE_KEYS = ("uses", "needs", "retry", "concurrency", "timeout", "review", "with", "description")
 RETRY_KEYS = ("max_attempts", "backoff", "max_backoff")
 _DURATION_RE = re.compile(r"\s*([+-]?)(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*")
@@ -60,6 +60,7 @@ class Pipeline:
     description: str = ""
     path: str | None = None  # absolute path of the YAML file; None when built in code
     hash: str | None = None  # sha256 of the file bytes, or of the stage names and needs
+    durability: str | None = None  # "full" asks the CLI to sync every commit
 
     @property
     def order(self) -> list[str]:
@@ -295,6 +296,8 @@ def _convert(key: str, value: Any) -> Any:
         value = parse_duration(value)
         if key == "timeout" and value == 0:
             raise ValueError("must be more than 0")
+    if key == "durability" and value not in ("normal", "full"):
+        raise ValueError(f"must be `normal` or `full`, got {value!r}")
     if key == "review":
         if value not in ("always", "never"):
             raise ValueError(f"must be `always` or `never`, got {value!r}")
@@ -317,6 +320,7 @@ class _Reader:
         self.problems: list[_Problem] = []
         self.need_lines: dict[tuple[str, str], int] = {}
         self.name_line = 1
+        self.durability: str | None = None
         self.constructor = yaml.SafeLoader("")
 
     def add(self, at: Any, message: str, *, is_import: bool = False) -> None:
@@ -376,8 +380,9 @@ class _Reader:
             return None, "", []
 
         top = self.mapping(root, "at the top level", TOP_KEYS)
-        checked = self.checked(top, ["description"], "at the top level")
+        checked = self.checked(top, ["description", "durability"], "at the top level")
         description = checked.get("description", "")
+        self.durability = checked.get("durability")
         name = None
         if "pipeline" not in top:
             self.add(root, "missing `pipeline` (the pipeline's name)")
@@ -536,4 +541,6 @@ def load_pipeline(path: str | os.PathLike[str]) -> Pipeline:
         _fail(problems, path=label, label=label, hint=hint)
     assert name is not None  # a missing name is always reported as a problem
     sha = hashlib.sha256(data).hexdigest()
-    return build_pipeline(name, specs, description=description, path=full, hash=sha)
+    pipeline = build_pipeline(name, specs, description=description, path=full, hash=sha)
+    pipeline.durability = reader.durability
+    return pipeline

@@ -277,7 +277,7 @@ def test_a_stage_instance_keeps_a_name_its_author_set(tmp_path):
         ),
         (
             "pipeline: p\ncolour: red\nstages:\n  a: {uses: mystages:parse}\n",
-            "2: unknown key 'colour' at the top level; allowed: pipeline, description, stages",
+            "2: unknown key 'colour' at the top level; allowed: pipeline, description, durability, stages",
         ),
         (
             "pipeline: p\nstages:\n  a:\n    uses: mystages:parse\n    retries: 3\n",
