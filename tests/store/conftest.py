@@ -49,9 +49,15 @@ STORE_KINDS = ["memory", "sqlite"]
 class Driver:
     """Shorthands over one store. Every call goes through the public protocol."""
 
+    owner = OWNER
+
     def __init__(self, store: StateStore) -> None:
         self.store = store
         self.clock = 0.0
+
+    @staticmethod
+    def at(seconds: float) -> datetime:
+        return at(seconds)
 
     def now(self) -> datetime:
         """A fresh, strictly later timestamp on every call."""
@@ -93,11 +99,22 @@ class Driver:
     # ------------------------------------------------------------ writes
 
     def register(
-        self, item_id: str, stages: Sequence[str] = ("a", "b"), *, pipeline: str = "p",
-        data: Any = None, path: str | None = "p.yaml", pipeline_hash: str | None = "h1",
+        self,
+        item_id: str,
+        stages: Sequence[str] = ("a", "b"),
+        *,
+        pipeline: str = "p",
+        data: Any = None,
+        path: str | None = "p.yaml",
+        pipeline_hash: str | None = "h1",
     ) -> tuple[Any, list[Event]]:
         return self.store.register_item(
-            item_id, pipeline, {} if data is None else data, path, pipeline_hash, stages,
+            item_id,
+            pipeline,
+            {} if data is None else data,
+            path,
+            pipeline_hash,
+            stages,
             self.now(),
         )
 
@@ -105,21 +122,37 @@ class Driver:
         expected = self.stage(item_id, stage)
         now = self.now()
         return self.store.claim_stage(
-            item_id, stage, expected=expected, claim=claim, owner=OWNER, now=now,
+            item_id,
+            stage,
+            expected=expected,
+            claim=claim,
+            owner=OWNER,
+            now=now,
             lease_until=now + timedelta(minutes=5),
         )
 
     def finish(
-        self, item_id: str, stage: str, status: StageStatus, *, claim: str = "c1",
-        events: Sequence[Any] = (), **fields: Any,
+        self,
+        item_id: str,
+        stage: str,
+        status: StageStatus,
+        *,
+        claim: str = "c1",
+        events: Sequence[Any] = (),
+        **fields: Any,
     ) -> list[Event] | None:
         return self.store.finish_stage(
-            item_id, stage, claim=claim, change=StageChange(status, **fields),
-            events=list(events), now=self.now(),
+            item_id,
+            stage,
+            claim=claim,
+            change=StageChange(status, **fields),
+            events=list(events),
+            now=self.now(),
         )
 
-    def run(self, item_id: str, stage: str, status: StageStatus = StageStatus.COMPLETED,
-            **fields: Any) -> list[Event]:
+    def run(
+        self, item_id: str, stage: str, status: StageStatus = StageStatus.COMPLETED, **fields: Any
+    ) -> list[Event]:
         """Claim a stage and finish it with ``status`` in two transactions, as the engine does."""
         claimed = self.claim(item_id, stage)
         assert claimed is not None, f"could not claim {stage}"
@@ -136,18 +169,34 @@ class Driver:
         return out
 
     def review(self, item_id: str, stage: str, *, prompt: str = "ok?", data: Any = None) -> None:
-        self.run(item_id, stage, StageStatus.AWAITING_REVIEW, review_prompt=prompt,
-                 review_data={"draft": 1} if data is None else data)
+        self.run(
+            item_id,
+            stage,
+            StageStatus.AWAITING_REVIEW,
+            review_prompt=prompt,
+            review_data={"draft": 1} if data is None else data,
+        )
 
     def fan_out(self, item_id: str, stage: str, names: Sequence[str], claim: str = "c1") -> None:
         assert self.claim(item_id, stage, claim) is not None
-        out = self.store.add_subtasks(item_id, stage, claim=claim,
-                                      subtasks=[SubTask(n, {"n": n}) for n in names],
-                                      now=self.now())
+        out = self.store.add_subtasks(
+            item_id,
+            stage,
+            claim=claim,
+            subtasks=[SubTask(n, {"n": n}) for n in names],
+            now=self.now(),
+        )
         assert out is not None
 
-    def run_sub(self, item_id: str, stage: str, name: str, status: SubtaskStatus,
-                claim: str = "c1", **fields: Any) -> list[Event] | None:
+    def run_sub(
+        self,
+        item_id: str,
+        stage: str,
+        name: str,
+        status: SubtaskStatus,
+        claim: str = "c1",
+        **fields: Any,
+    ) -> list[Event] | None:
         got = self.store.claim_subtask(item_id, stage, name, claim=claim, now=self.now())
         assert got is not None, f"could not claim {stage}/{name}"
         kind = {
@@ -157,20 +206,38 @@ class Driver:
             SubtaskStatus.PENDING: EventKind.STAGE_RETRYING,
         }[status]
         return self.store.finish_subtask(
-            item_id, stage, name, claim=claim, change=SubtaskChange(status, **fields),
-            events=[(kind, name, None)], now=self.now(),
+            item_id,
+            stage,
+            name,
+            claim=claim,
+            change=SubtaskChange(status, **fields),
+            events=[(kind, name, None)],
+            now=self.now(),
         )
 
-    def approve(self, item_id: str, stage: str, subtask: str | None = None, *,
-                output: Any = None, comment: str | None = None,
-                by: str = "alice") -> tuple[bool, list[Event]]:
+    def approve(
+        self,
+        item_id: str,
+        stage: str,
+        subtask: str | None = None,
+        *,
+        output: Any = None,
+        comment: str | None = None,
+        by: str = "alice",
+    ) -> tuple[bool, list[Event]]:
         now = self.now()
-        decision = ReviewData(DecisionKind.APPROVED, by=by, at=now, comment=comment,
-                              output=output)
+        decision = ReviewData(DecisionKind.APPROVED, by=by, at=now, comment=comment, output=output)
         return self.store.decide(item_id, stage, subtask, decision, now)
 
-    def reject(self, item_id: str, stage: str, subtask: str | None = None, *,
-               reason: str = "wrong", by: str = "bob") -> tuple[bool, list[Event]]:
+    def reject(
+        self,
+        item_id: str,
+        stage: str,
+        subtask: str | None = None,
+        *,
+        reason: str = "wrong",
+        by: str = "bob",
+    ) -> tuple[bool, list[Event]]:
         now = self.now()
         decision = ReviewData(DecisionKind.REJECTED, by=by, at=now, reason=reason)
         return self.store.decide(item_id, stage, subtask, decision, now)

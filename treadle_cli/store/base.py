@@ -193,7 +193,8 @@ class TransactionalStore:
             out = [self._event(tx, EventKind.ITEM_REGISTERED, item_id, None, None,
                                {"pipeline": pipeline, "path": path}, now)]
             self._refresh_item(tx, item_id, now, out)
-            return rec, out
+            # Return the row as stored: refreshing may have changed it (no stages: completed).
+            return tx.get_item(item_id) or rec, out
 
     def sync_stages(
         self, item_id: str, stages: Sequence[str], path: str | None, pipeline_hash: str | None,

@@ -30,7 +30,7 @@ class _MemoryTx:
 
     def get_item(self, item_id: str) -> ItemRecord | None:
         rec = self.s._items.get(item_id)
-        return copy.copy(rec) if rec else None
+        return copy.deepcopy(rec) if rec else None
 
     def insert_item(self, rec: ItemRecord) -> None:
         self.s._items[rec.id] = copy.deepcopy(rec)
@@ -72,17 +72,17 @@ class _MemoryTx:
     def insert_event(self, ev: Event) -> Event:
         stored = replace(ev, id=len(self.s._events) + 1, data=copy.deepcopy(ev.data))
         self.s._events.append(stored)
-        return stored
+        return copy.deepcopy(stored)
 
     def insert_decision(self, rev: ReviewData) -> ReviewData:
-        stored = replace(rev, id=len(self.s._decisions) + 1)
+        stored = replace(rev, id=len(self.s._decisions) + 1, output=copy.deepcopy(rev.output))
         self.s._decisions.append(stored)
-        return stored
+        return copy.deepcopy(stored)
 
     def last_decision(self, item_id: str, stage: str, subtask: str | None) -> ReviewData | None:
         for d in reversed(self.s._decisions):
             if (d.item_id, d.stage, d.subtask) == (item_id, stage, subtask):
-                return d
+                return copy.deepcopy(d)
         return None
 
 
@@ -126,14 +126,14 @@ class MemoryStateStore(TransactionalStore):
 
     def decisions(self, item_id: str) -> list[ReviewData]:
         with self._lock:
-            return [d for d in self._decisions if d.item_id == item_id]
+            return [copy.deepcopy(d) for d in self._decisions if d.item_id == item_id]
 
     def events(
         self, *, after: int = 0, item_id: str | None = None, limit: int | None = None
     ) -> list[Event]:
         with self._lock:
             rows = [e for e in self._events[after:] if item_id is None or e.item_id == item_id]
-            return rows[:limit] if limit is not None else rows
+            return copy.deepcopy(rows[:limit] if limit is not None else rows)
 
     def last_event_id(self) -> int:
         with self._lock:
@@ -151,7 +151,7 @@ class MemoryStateStore(TransactionalStore):
         with self._lock:
             rows = sorted(self._matching(pipeline, states), key=lambda r: (r.created_at, r.id))
             end = None if limit is None else offset + limit
-            return [copy.copy(r) for r in rows[offset:end]]
+            return [copy.deepcopy(r) for r in rows[offset:end]]
 
     def count_items(
         self, *, pipeline: str | None = None, states: Sequence[str] | None = None
@@ -187,7 +187,9 @@ class MemoryStateStore(TransactionalStore):
                 item = self._items[sub.item_id]
                 if pipeline is not None and item.pipeline != pipeline:
                     continue
-                if sub.status == SubtaskStatus.AWAITING_REVIEW:
+                parent = self._stages.get((sub.item_id, sub.stage))
+                # A removed stage's subtasks are history, not an inbox entry (like the stage).
+                if sub.status == SubtaskStatus.AWAITING_REVIEW and parent and parent.active:
                     out.append(_review_row(sub, sub.name))
             return sorted(out, key=lambda r: (r["requested_at"] or "", r["item"]))
 

@@ -296,6 +296,14 @@ def _create_schema(conn: sqlite3.Connection) -> None:
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _create_schema}
 
 
+def _empty_readonly_conn() -> sqlite3.Connection:
+    """An empty schema in memory: what a read-only open of a database not yet written sees."""
+    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    _create_schema(conn)
+    conn.execute("PRAGMA query_only = 1")  # writes fail as they would on the real file
+    return conn
+
+
 def _header(path: Path) -> bytes:
     with open(path, "rb") as fh:
         return fh.read(100)
@@ -332,9 +340,7 @@ class SqliteStateStore(TransactionalStore):
                              path=where, hint="pass a file path with --db")
         missing = not p.exists() or p.stat().st_size == 0
         if readonly and missing:
-            conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-            _create_schema(conn)
-            return cls(conn, where, timeout)
+            return cls(_empty_readonly_conn(), where, timeout)
         if not missing:
             cls._check_header(p)
         try:
@@ -383,6 +389,12 @@ class SqliteStateStore(TransactionalStore):
                 f"reads up to {SCHEMA_VERSION})", path=self.path,
                 hint="upgrade treadle (pip install -U treadle-cli)")
         if readonly:
+            if not tables:
+                # Nothing written yet (a version-0 file): read it as empty, like a missing
+                # file, rather than migrate a file we were asked not to write.
+                c.close()
+                self._conn = _empty_readonly_conn()
+                return
             c.execute("PRAGMA query_only = 1")
             return
         if version < SCHEMA_VERSION:
@@ -403,7 +415,7 @@ class SqliteStateStore(TransactionalStore):
             c.execute(f"PRAGMA user_version = {version}")
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            self._rollback()  # never let a failed ROLLBACK hide why the migration failed
             raise
 
     def _translate(self, exc: sqlite3.Error) -> StoreError:
@@ -454,15 +466,18 @@ class SqliteStateStore(TransactionalStore):
 
     def iter_query(self, sql: str, params: Sequence[Any] = (), size: int = 1000) -> Iterator[Any]:
         """Stream a query's rows without holding them all in memory."""
-        cur = self._conn.cursor()
-        with self._lock:
-            cur.execute(sql, params)
-        while True:
+        try:
             with self._lock:
-                rows = cur.fetchmany(size)
-            if not rows:
-                return
-            yield from rows
+                cur = self._conn.cursor()
+                cur.execute(sql, params)
+            while True:
+                with self._lock:
+                    rows = cur.fetchmany(size)
+                if not rows:
+                    return
+                yield from rows
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
 
     # ------------------------------------------------------------------ queries
 
@@ -594,7 +609,8 @@ class SqliteStateStore(TransactionalStore):
             f"FROM stages x{join} WHERE x.status = 'awaiting_review' AND x.active = 1 "
             "AND x.review_prompt IS NOT NULL "
             "UNION ALL SELECT x.item_id, x.stage, x.name, x.review_prompt, x.review_data, "
-            f"x.requested_at FROM subtasks x{join} WHERE x.status = 'awaiting_review' "
+            f"x.requested_at FROM subtasks x{join} JOIN stages s ON s.item_id = x.item_id "
+            "AND s.name = x.stage AND s.active = 1 WHERE x.status = 'awaiting_review' "
             "ORDER BY 6, 1", params * 2)
         return [{"item": r[0], "stage": r[1], "subtask": r[2], "prompt": r[3],
                  "data": _load(r[4]), "requested_at": r[5]} for r in rows]
