@@ -75,9 +75,12 @@ def decide(
     now = (clock or SystemClock()).now()
     rec = ReviewData(decision=decision, by=by or default_user(), at=now, reason=reason,
                      comment=comment, output=output)
-    changed, events = store.decide(item_id, stage, subtask, rec, now)
-    if bus is not None:
-        bus.publish(events)
+    if bus is None:
+        changed, events = store.decide(item_id, stage, subtask, rec, now)
+    else:
+        with bus.ordered():  # listeners see events in the log's order
+            changed, events = store.decide(item_id, stage, subtask, rec, now)
+            bus.publish(events)
     return DecisionResult(item_id, stage, subtask, decision, changed, events)
 
 
@@ -95,7 +98,10 @@ def retry(
 ) -> list[Event]:
     """Make a failed or rejected stage pending again (only its failed subtasks re-run)."""
     stage, _ = split_target(stage)
-    events = store.reset_stage(item_id, stage, (clock or SystemClock()).now())
-    if bus is not None:
+    now = (clock or SystemClock()).now()
+    if bus is None:
+        return store.reset_stage(item_id, stage, now)
+    with bus.ordered():  # listeners see events in the log's order
+        events = store.reset_stage(item_id, stage, now)
         bus.publish(events)
     return events

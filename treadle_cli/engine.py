@@ -77,6 +77,11 @@ def current_owner() -> Owner:
     return Owner(socket.gethostname(), pid, _proc_start(pid) or "")
 
 
+# A forked child is another owner: without this it would claim stages under its
+# parent's pid, and a child killed mid-stage would never be seen as dead.
+os.register_at_fork(after_in_child=current_owner.cache_clear)
+
+
 def owner_is_dead(host: str | None, pid: int | None, started: str | None) -> bool | None:
     """True/False for an owner on this host; None when it is elsewhere (trust its lease)."""
     me = current_owner()
@@ -130,7 +135,15 @@ class _Attempt(Exception):
 
 def _run_coroutine(coro: Any, timeout: float | None) -> Any:
     async def bounded() -> Any:
-        return await asyncio.wait_for(coro, timeout) if timeout else await coro
+        if not timeout:
+            return await coro
+        try:
+            return await asyncio.wait_for(coro, timeout)
+        except TimeoutError as exc:
+            if str(exc):  # raised by the stage itself: keep its message
+                raise
+            # asyncio's own timeout carries no message; say what happened.
+            raise TimeoutError(f"attempt exceeded its timeout of {timeout:g}s") from exc
 
     try:
         asyncio.get_running_loop()
@@ -201,7 +214,8 @@ def _execute(spec: StageSpec, item: WorkItem, ctx: StageContext) -> StageOutcome
         raise
     except TimeoutError as exc:
         raise _Attempt(f"TimeoutError: {exc}", traceback.format_exc()) from exc
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() in stage code ends the attempt,
+        # not the advance: escaping, it would leave the stage running under a live owner.
         raise _Attempt(f"{type(exc).__name__}: {exc}", traceback.format_exc()) from exc
     if outcome.kind == OutcomeKind.RETRY:
         raise _Attempt(f"retry: {outcome.reason}", None, outcome.delay)
@@ -276,15 +290,17 @@ class Engine:
         rec = self.store.get_item(item_id)
         now = self.clock.now()
         if rec is None:
-            rec, events = self.store.register_item(item_id, p.name, payload, p.path, p.hash,
-                                                   p.order, now)
-            self.bus.publish(events)
+            with self.bus.ordered():
+                rec, events = self.store.register_item(item_id, p.name, payload, p.path, p.hash,
+                                                       p.order, now)
+                self.bus.publish(events)
         if rec.pipeline != p.name:
             raise UsageError(f"item {item_id!r} belongs to pipeline {rec.pipeline!r}, "
                              f"not {p.name!r}", hint="advance it with its own pipeline file")
         names = [s.name for s in self.store.get_stages(item_id)]
         if names != p.order or rec.pipeline_hash != p.hash or rec.pipeline_path != p.path:
-            self.bus.publish(self.store.sync_stages(item_id, p.order, p.path, p.hash, now))
+            with self.bus.ordered():
+                self.bus.publish(self.store.sync_stages(item_id, p.order, p.path, p.hash, now))
         return Item(item_id, rec.data)
 
     # -------------------------------------------------------------- advance
@@ -364,13 +380,14 @@ class Engine:
     def _run_stage(self, run: _Run, expected: StageRecord) -> None:
         spec = self.pipeline.stages[expected.name]
         claim = uuid.uuid4().hex
-        got = self.store.claim_stage(run.item.id, spec.name, expected=expected, claim=claim,
-                                     owner=self.owner, now=self.clock.now(),
-                                     lease_until=self._lease_until(spec))
-        if got is None:
-            return  # another process claimed it first
-        rec, events = got
-        self.bus.publish(events)
+        with self.bus.ordered():
+            got = self.store.claim_stage(run.item.id, spec.name, expected=expected, claim=claim,
+                                         owner=self.owner, now=self.clock.now(),
+                                         lease_until=self._lease_until(spec))
+            if got is None:
+                return  # another process claimed it first
+            rec, events = got
+            self.bus.publish(events)
         if rec.fanned_out:
             self._run_fanout(run, spec, rec, claim)
             return
@@ -384,13 +401,13 @@ class Engine:
 
     def _finish(self, run: _Run, name: str, claim: str, change: StageChange,
                 events: list[EventSpec]) -> None:
-        out = self.store.finish_stage(run.item.id, name, claim=claim, change=change,
-                                      events=events, now=self.clock.now())
+        with self.bus.ordered():
+            out = self.store.finish_stage(run.item.id, name, claim=claim, change=change,
+                                          events=events, now=self.clock.now())
+            self.bus.publish(out)
         if out is None:
             log.warning("%s %s: claim taken over by another process; result dropped",
                         run.item.id, name)
-            return
-        self.bus.publish(out)
 
     def _apply(self, run: _Run, spec: StageSpec, rec: StageRecord, claim: str,
                outcome: StageOutcome) -> None:
@@ -409,11 +426,12 @@ class Engine:
                 StageStatus.SKIPPED, clear=frozenset({"error", "traceback"})),
                 [(EventKind.STAGE_SKIPPED, None, {"reason": outcome.reason})])
         elif kind == OutcomeKind.FAN_OUT:
-            events = self.store.add_subtasks(run.item.id, name, claim=claim,
-                                             subtasks=outcome.subtasks, now=self.clock.now())
+            with self.bus.ordered():
+                events = self.store.add_subtasks(run.item.id, name, claim=claim,
+                                                 subtasks=outcome.subtasks, now=self.clock.now())
+                self.bus.publish(events)
             if events is None:
                 return
-            self.bus.publish(events)
             self._run_fanout(run, spec, rec, claim)
 
     def _completed(self, run: _Run, spec: StageSpec, claim: str, output: Any) -> None:
@@ -462,14 +480,19 @@ class Engine:
             if ready:
                 workers = max(1, min(spec.concurrency, len(ready)))
                 if workers == 1:
-                    for s in ready:
-                        self._run_subtask(run, spec, s, claim)
+                    held = [self._run_subtask(run, spec, s, claim) for s in ready]
                 else:
                     with ThreadPoolExecutor(max_workers=workers,
                                             thread_name_prefix="treadle-subtask") as pool:
-                        for f in [pool.submit(self._run_subtask, run, spec, s, claim)
-                                  for s in ready]:
-                            f.result()
+                        held = [f.result() for f in
+                                [pool.submit(self._run_subtask, run, spec, s, claim)
+                                 for s in ready]]
+                if not any(held):
+                    # Another process took the stage over: it runs the subtasks now, and
+                    # spinning on claims that can only fail would never end.
+                    log.warning("%s %s: claim taken over by another process; stopping",
+                                item_id, spec.name)
+                    return
                 continue
             later = [s.next_attempt_at for s in subs
                      if s.status == SubtaskStatus.PENDING and s.next_attempt_at is not None]
@@ -503,14 +526,16 @@ class Engine:
             self._finish(run, name, claim, StageChange(status, error=error), [
                 (kind, None, {"error": error, "subtasks": [s.name for s in bad]})])
 
-    def _run_subtask(self, run: _Run, spec: StageSpec, sub: SubtaskRecord, claim: str) -> None:
+    def _run_subtask(self, run: _Run, spec: StageSpec, sub: SubtaskRecord, claim: str) -> bool:
+        """Run one attempt of a subtask; False when the stage's claim is no longer ours."""
         item_id, name = run.item.id, spec.name
-        got = self.store.claim_subtask(item_id, name, sub.name, claim=claim,
-                                       now=self.clock.now())
-        if got is None:
-            return
-        sub, events = got
-        self.bus.publish(events)
+        with self.bus.ordered():
+            got = self.store.claim_subtask(item_id, name, sub.name, claim=claim,
+                                           now=self.clock.now())
+            if got is None:
+                return False
+            sub, events = got
+            self.bus.publish(events)
         ctx = self._context(run, spec, sub.attempts, subtask=sub.name, subtask_data=sub.data,
                             with_review=sub.attempt_base > 0)
         change: SubtaskChange
@@ -545,6 +570,8 @@ class Engine:
                 change = SubtaskChange(SubtaskStatus.COMPLETED, output=outcome.output,
                                        clear=frozenset({"error", "traceback", "output"}))
                 evs = [(EventKind.SUBTASK_COMPLETED, sub.name, None)]
-        out = self.store.finish_subtask(item_id, name, sub.name, claim=claim, change=change,
-                                        events=evs, now=self.clock.now())
-        self.bus.publish(out)
+        with self.bus.ordered():
+            out = self.store.finish_subtask(item_id, name, sub.name, claim=claim, change=change,
+                                            events=evs, now=self.clock.now())
+            self.bus.publish(out)
+        return out is not None
