@@ -522,9 +522,10 @@ class Engine:
             bad = [s for s in subs if s.status in (SubtaskStatus.FAILED, SubtaskStatus.REJECTED)]
             error = (f"{len(bad)} of {len(subs)} subtasks {status.value}: "
                      + ", ".join(f"{s.name} ({s.error})" for s in bad))
-            kind = EventKind.STAGE_FAILED
-            self._finish(run, name, claim, StageChange(status, error=error), [
-                (kind, None, {"error": error, "subtasks": [s.name for s in bad]})])
+            # A rejection was logged when it was decided; a failure is news.
+            events: list[EventSpec] = [] if status == StageStatus.REJECTED else [
+                (EventKind.STAGE_FAILED, None, {"error": error, "subtasks": [s.name for s in bad]})]
+            self._finish(run, name, claim, StageChange(status, error=error), events)
 
     def _run_subtask(self, run: _Run, spec: StageSpec, sub: SubtaskRecord, claim: str) -> bool:
         """Run one attempt of a subtask; False when the stage's claim is no longer ours."""
