@@ -388,6 +388,23 @@ class Engine:
                 return  # another process claimed it first
             rec, events = got
             self.bus.publish(events)
+        try:
+            self._work(run, spec, rec, claim)
+        except BaseException:
+            # Ctrl-C or a store error mid-run: hand the stage back rather than leave it
+            # "running" under an owner that is still alive.
+            self._release(run, spec.name, claim)
+            raise
+
+    def _release(self, run: _Run, name: str, claim: str) -> None:
+        try:
+            self.store.finish_stage(run.item.id, name, claim=claim,
+                                    change=StageChange(StageStatus.PENDING), events=[],
+                                    now=self.clock.now())
+        except Exception:  # the store is failing: the claim dies with this process instead
+            log.warning("%s %s: could not release the stage", run.item.id, name, exc_info=True)
+
+    def _work(self, run: _Run, spec: StageSpec, rec: StageRecord, claim: str) -> None:
         if rec.fanned_out:
             self._run_fanout(run, spec, rec, claim)
             return
