@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONFLICT, EXIT_DB, EXIT_HUMAN = 0, 1, 2, 3, 4, 5
 EXIT_BUG = 70  # an unexpected exception: a bug in treadle or in the stage code's imports
+EXIT_PIPE = 141  # 128 + SIGPIPE: the reader of stdout went away (`treadle status | head`)
 DEFAULT_BUSY_TIMEOUT = 30.0
 
 app = typer.Typer(
@@ -120,6 +121,11 @@ def command(fn: F) -> F:
         except KeyboardInterrupt:
             sys.stderr.write("interrupted\n")
             raise typer.Exit(130) from None
+        except BrokenPipeError:
+            # Not a bug: whoever read stdout has had enough. Exit quietly, as a process
+            # killed by SIGPIPE would, and keep the interpreter's final flush from failing.
+            _silence_stdout()
+            raise typer.Exit(EXIT_PIPE) from None
         except Exception as exc:
             if debug:
                 traceback.print_exc()
@@ -130,6 +136,15 @@ def command(fn: F) -> F:
             raise typer.Exit(EXIT_BUG) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real file descriptor (e.g. under CliRunner)
+        pass
 
 
 def _version(value: bool) -> None:
@@ -260,7 +275,7 @@ def _read_items_file(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}", hint="check the path") from None
     with fh:
-        for n, line in enumerate(fh, 1):
+        for n, line in enumerate(_decoded_lines(fh, path), 1):
             if not line.strip():
                 continue
             try:
@@ -276,6 +291,15 @@ def _read_items_file(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             if not isinstance(data, dict):
                 raise UsageError(f'{path}:{n}: "data" must be a JSON object')
             yield row["id"], data
+
+
+def _decoded_lines(fh: Any, path: Path) -> Iterator[str]:
+    """The lines of ``fh``; text that is not UTF-8 is a usage error, not a crash."""
+    try:
+        yield from fh
+    except UnicodeDecodeError as exc:  # decoded a block at a time: no reliable line number
+        raise UsageError(f"{path} is not UTF-8 text ({exc.reason})",
+                         hint="save the file as UTF-8") from None
 
 
 @app.command()
@@ -311,10 +335,14 @@ def advance(
         payload = _json_object(data, "--data")
     elif data_file is not None:
         try:
-            payload = _json_object(data_file.read_text(encoding="utf-8"), str(data_file))
+            text = data_file.read_text(encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"cannot read {data_file}: {exc.strerror}",
                              hint="check the path") from None
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"{data_file} is not UTF-8 text ({exc.reason})",
+                             hint="save the file as UTF-8") from None
+        payload = _json_object(text, str(data_file))
     targets: list[tuple[str, dict[str, Any] | None]] = [(i, payload) for i in items or []]
     if items_file is not None:
         targets.extend(_read_items_file(items_file))
@@ -325,6 +353,12 @@ def advance(
 
     for item_id, _ in targets:
         validate_item_id(item_id)
+    # An id named twice (or in both ITEM... and --items) is one item: advance and report it
+    # once; its first data wins, as registration keeps the first data anyway.
+    first: dict[str, tuple[str, dict[str, Any] | None]] = {}
+    for t in targets:
+        first.setdefault(t[0], t)
+    targets = list(first.values())
     wf = _load_workflow(pipeline)
     if wf.pipeline.durability == "full":  # the pipeline file may ask for power-loss safety
         state.durability = Durability.full
@@ -413,9 +447,9 @@ def _report_advance(results: list[PipelineStatus]) -> None:
             view = st.stage(stage)
             subs = [s.name for s in view.subtasks if s.status == "awaiting_review"]
             for target in ([f"{stage}/{s}" for s in subs] or [stage]):
-                hints.append(f"treadle approve {_quote(st.item_id)} {target}")
+                hints.append(f"treadle approve {_quote(st.item_id)} {_quote(target)}")
         for stage in st.failed_stages() + st.rejected_stages():
-            hints.append(f"treadle retry {_quote(st.item_id)} {stage}")
+            hints.append(f"treadle retry {_quote(st.item_id)} {_quote(stage)}")
     err = sys.stderr
     err.write(f"{len(results)} item(s): {summary}\n")
     for h in hints[:10]:
@@ -730,8 +764,11 @@ def _settled_code(store: SqliteStateStore, item: str | None) -> int | None:
 
 def _watch(state: State, item: str | None, until_settled: bool, interval: float,
            json_output: bool) -> int:
-    while not (state.db.exists() and state.db.stat().st_size > 0):
-        time.sleep(interval)  # nothing to follow yet; creating the file is not ours to do
+    # Following every item, wait for the database to appear (creating it is not ours to do).
+    # One item on a missing database is an unknown item, as for `status ITEM`: the
+    # read-only store opened below reads a missing file as empty.
+    while item is None and not (state.db.exists() and state.db.stat().st_size > 0):
+        time.sleep(interval)
     store = state.open(readonly=True)
     if item is not None and store.get_item(item) is None:
         raise UnknownItemError(item)

@@ -7,6 +7,7 @@ are for pipes and ``grep``. The CLI picks one per invocation.
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -107,8 +108,9 @@ def status_tree(st: PipelineStatus, *, now: datetime | None = None,
             node.add(Text.assemble(("review: ", "prompt"), r.review_prompt))
             if r.review_data is not None:
                 node.add(Text(_short(r.review_data, 300), style="hint"))
-            node.add(Text(f"treadle approve {st.item.id} {r.name}   |   "
-                          f"treadle reject {st.item.id} {r.name} --reason ...", style="hint"))
+            item, stage = shlex.quote(st.item.id), shlex.quote(r.name)
+            node.add(Text(f"treadle approve {item} {stage}   |   "
+                          f"treadle reject {item} {stage} --reason ...", style="hint"))
         elif view.decision is not None:
             d = view.decision
             why = f": {d.reason}" if d.reason else (f": {d.comment}" if d.comment else "")
@@ -165,7 +167,7 @@ def items_table(rows: Iterable[ItemRecord], *, title: str | None = None) -> Tabl
     now = utcnow()
     for r in rows:
         table.add_row(
-            Text(r.id, style="item"), r.pipeline,
+            Text(r.id, style="item"), Text(r.pipeline),
             ProgressBar(total=100, completed=r.progress, width=16), f"{r.progress:g}%",
             styled(r.state.value), escape(r.waiting_on or ""), age(r.updated_at, now),
         )
@@ -185,7 +187,7 @@ def counts_table(counts: Mapping[str, Mapping[str, int]], order: list[str] | Non
         table.add_column(Text(s, style=f"status.{s}"), justify="right")
     for name in order or sorted(counts):
         per = counts.get(name, {})
-        table.add_row(name, *[str(per.get(s, "")) for s in present])
+        table.add_row(Text(name), *[str(per.get(s, "")) for s in present])
     return table
 
 
@@ -211,7 +213,7 @@ def reviews_table(rows: list[dict[str, Any]]) -> Table:
     now = utcnow()
     for r in rows:
         target = r["stage"] + (f"/{r['subtask']}" if r["subtask"] else "")
-        table.add_row(Text(r["item"], style="item"), target, age(r["requested_at"], now),
+        table.add_row(Text(r["item"], style="item"), Text(target), age(r["requested_at"], now),
                       Text(r["prompt"] or "", style="prompt"),
                       escape(_short(r["data"], 200)) if r["data"] is not None else "")
     return table
@@ -234,7 +236,7 @@ def history_table(events: list[Event], decisions: list[ReviewData]) -> Group:
         table.add_column(col, overflow="fold")
     for ev in events:
         target = (ev.stage or "") + (f"/{ev.subtask}" if ev.subtask else "")
-        table.add_row(str(ev.id), iso(ev.ts) or "", ev.kind.value, target,
+        table.add_row(str(ev.id), iso(ev.ts) or "", ev.kind.value, Text(target),
                       escape(_event_detail(ev)))
     parts: list[Any] = [table]
     if decisions:
@@ -243,11 +245,16 @@ def history_table(events: list[Event], decisions: list[ReviewData]) -> Group:
             dt.add_column(col, overflow="fold")
         for d in decisions:
             target = d.stage + (f"/{d.subtask}" if d.subtask else "")
-            dt.add_row(iso(d.at) or "", target, styled("completed" if d.decision == "approved"
-                                                       else "rejected"),
-                       d.by, escape(d.reason or d.comment or ""))
+            # Cells are Text, not markup: names and `--by` are user text ("[/]" must not crash).
+            dt.add_row(iso(d.at) or "", Text(target), _decision_text(d.decision.value),
+                       Text(d.by), escape(d.reason or d.comment or ""))
         parts.append(dt)
     return Group(*parts)
+
+
+def _decision_text(decision: str) -> Text:
+    status = "completed" if decision == "approved" else "rejected"
+    return Text(f"{SYMBOLS[status]} {decision}", style=f"status.{status}")
 
 
 def event_line(ev: Event) -> str:
