@@ -306,7 +306,7 @@ def _decoded_lines(fh: Any, path: Path) -> Iterator[str]:
 @command
 def advance(
     ctx: typer.Context,
-    pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file.")],
+    pipeline: Annotated[Path, typer.Argument(metavar="PIPELINE", help="The pipeline YAML file.")],
     items: Annotated[list[str] | None, typer.Argument(help="Item ids to register/advance.")] = None,
     data: Annotated[str | None, typer.Option(
         "--data", help="JSON object: the data of items registered now.")] = None,
@@ -370,6 +370,12 @@ def advance(
             if rec.id not in seen:
                 targets.append((rec.id, None))
     results = _advance_many(wf, store, targets, jobs, wait, show_progress=not json_output)
+    given = dict(targets)
+    for st in results:  # registration keeps an item's first data; say so rather than drop it
+        new = given.get(st.item_id)
+        if new is not None and new != st.item.data:
+            sys.stderr.write(f"warning: {st.item_id} already exists; its stored data was kept "
+                             "and the new data ignored\n")
     states = [st.state.value for st in results]
     if json_output:
         counts: dict[str, int] = {}
@@ -471,8 +477,8 @@ def _quote(text: str) -> str:
 @command
 def approve(
     ctx: typer.Context,
-    item: Annotated[str, typer.Argument(help="The item id.")],
-    stage: Annotated[str, typer.Argument(help="STAGE or STAGE/SUBTASK awaiting review.")],
+    item: Annotated[str, typer.Argument(metavar="ITEM", help="The item id.")],
+    stage: Annotated[str, typer.Argument(metavar="STAGE[/SUBTASK]", help="STAGE or STAGE/SUBTASK awaiting review.")],
     comment: Annotated[str | None, typer.Option("--comment", help="A note kept with the decision.")] = None,
     by: ByOpt = None,
     output: Annotated[str | None, typer.Option(
@@ -499,8 +505,8 @@ def approve(
 @command
 def reject(
     ctx: typer.Context,
-    item: Annotated[str, typer.Argument(help="The item id.")],
-    stage: Annotated[str, typer.Argument(help="STAGE or STAGE/SUBTASK awaiting review.")],
+    item: Annotated[str, typer.Argument(metavar="ITEM", help="The item id.")],
+    stage: Annotated[str, typer.Argument(metavar="STAGE[/SUBTASK]", help="STAGE or STAGE/SUBTASK awaiting review.")],
     reason: Annotated[str, typer.Option("--reason", help="Why (required; the stage sees it on retry).")],
     by: ByOpt = None,
     json_output: JsonOpt = False,
@@ -541,8 +547,8 @@ def _finish_decision(state: State, store: SqliteStateStore, result: Any, advance
 @command
 def retry(
     ctx: typer.Context,
-    item: Annotated[str, typer.Argument(help="The item id.")],
-    stage: Annotated[str, typer.Argument(help="A failed or rejected stage.")],
+    item: Annotated[str, typer.Argument(metavar="ITEM", help="The item id.")],
+    stage: Annotated[str, typer.Argument(metavar="STAGE", help="A failed or rejected stage.")],
     advance_after: Annotated[bool, typer.Option(
         "--advance", help="Then advance the item with the pipeline file it was registered with.")] = False,
     wait: WaitOpt = 60.0,
@@ -571,8 +577,9 @@ def retry(
         if st is not None:
             _show_status(st, False)
         else:
-            sys.stderr.write(f"  next: treadle advance PIPELINE {_quote(item)}  "
-                             f"(or: treadle retry {_quote(item)} {stage} --advance)\n")
+            rec = store.get_item(item)
+            path = _quote(rec.pipeline_path) if rec and rec.pipeline_path else "PIPELINE"
+            sys.stderr.write(f"  next: treadle advance {path} {_quote(item)}\n")
     if st is not None:
         raise typer.Exit(_exit_for([st.state.value]))
 
@@ -692,7 +699,7 @@ def reviews(
 @command
 def history(
     ctx: typer.Context,
-    item: Annotated[str, typer.Argument(help="The item id.")],
+    item: Annotated[str, typer.Argument(metavar="ITEM", help="The item id.")],
     json_output: JsonOpt = False,
 ) -> None:
     """An item's events and decisions (who, when, why), oldest first.
@@ -831,7 +838,7 @@ def _watch_view(store: SqliteStateStore, item: str | None) -> Any:
 @command
 def validate(
     ctx: typer.Context,
-    pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file.")],
+    pipeline: Annotated[Path, typer.Argument(metavar="PIPELINE", help="The pipeline YAML file.")],
     json_output: JsonOpt = False,
 ) -> None:
     """Check a pipeline file: every problem is reported with its file and line.
@@ -851,8 +858,9 @@ def validate(
 @command
 def graph(
     ctx: typer.Context,
-    pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file.")],
+    pipeline: Annotated[Path, typer.Argument(metavar="PIPELINE", help="The pipeline YAML file.")],
     fmt: Annotated[GraphFormat, typer.Option("--format", "-f", help="tree, mermaid or dot.")] = GraphFormat.tree,
+    json_output: JsonOpt = False,
 ) -> None:
     """Draw a pipeline's DAG as a tree, a Mermaid chart or Graphviz dot.
 
@@ -862,7 +870,10 @@ def graph(
 
     p = _load_workflow(pipeline).pipeline
     needs = {name: spec.needs for name, spec in p.stages.items()}
-    if fmt == GraphFormat.mermaid:
+    if json_output:
+        _print_json({"pipeline": p.name, "nodes": p.order,
+                     "edges": [[dep, name] for name in p.order for dep in needs[name]]})
+    elif fmt == GraphFormat.mermaid:
         typer.echo(graph_mermaid(p.order, needs))
     elif fmt == GraphFormat.dot:
         typer.echo(graph_dot(p.name, p.order, needs))
