@@ -120,7 +120,7 @@ def test_retry_after_reject_reruns_the_gate_with_the_rejection(cli: Cli, pl: Pat
     cli("reject", "doc-1", "review", "--reason", "too short")
     r = cli("retry", "doc-1", "review")
     assert r.stdout == "doc-1 review reset to pending\n"
-    assert "treadle retry doc-1 review --advance" in r.stderr
+    assert f"next: treadle advance {pl / 'chain.yaml'} doc-1" in r.stderr
     assert _stage(cli, "doc-1", "review")["status"] == "pending"
     r = cli("retry", "doc-1", "review", code=3)  # pending now: nothing to retry
     r = cli("advance", pl / "chain.yaml", "doc-1")
