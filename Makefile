@@ -17,8 +17,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check treadle_cli tests
-	$(BIN)/ruff format --check treadle_cli tests
+	$(BIN)/ruff check treadle_cli tests pipelines bench
+	$(BIN)/ruff format --check treadle_cli tests pipelines bench
 
 demo: $(STAMP)
 	bash scripts/demo.sh

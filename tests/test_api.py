@@ -10,13 +10,42 @@ import treadle_cli
 ROOT = Path(__file__).resolve().parents[1]
 
 EXPECTED = {
-    "ConflictError", "CycleError", "DatabaseLockedError", "DecisionKind", "Event", "EventKind",
-    "IncompatibleDatabaseError", "Item", "ItemState", "MemoryStateStore", "Pipeline",
-    "PipelineError", "PipelineStatus", "RetryPolicy", "ReviewData", "SqliteStateStore", "Stage",
-    "StageContext", "StageImportError", "StageOutcome", "StageSpec", "StageStatus", "StageView",
-    "StateStore", "StoreError", "SubTask", "Subscription", "SubtaskStatus", "TreadleError",
-    "UnknownItemError", "UnknownStageError", "UsageError", "WorkItem", "Workflow",
-    "WorkflowBuilder", "__version__",
+    "ConflictError",
+    "CycleError",
+    "DatabaseLockedError",
+    "DecisionKind",
+    "Event",
+    "EventKind",
+    "IncompatibleDatabaseError",
+    "Item",
+    "ItemState",
+    "MemoryStateStore",
+    "Pipeline",
+    "PipelineError",
+    "PipelineStatus",
+    "RetryPolicy",
+    "ReviewData",
+    "SqliteStateStore",
+    "Stage",
+    "StageContext",
+    "StageImportError",
+    "StageOutcome",
+    "StageSpec",
+    "StageStatus",
+    "StageView",
+    "StateStore",
+    "StoreError",
+    "SubTask",
+    "Subscription",
+    "SubtaskStatus",
+    "TreadleError",
+    "UnknownItemError",
+    "UnknownStageError",
+    "UsageError",
+    "WorkItem",
+    "Workflow",
+    "WorkflowBuilder",
+    "__version__",
 }
 
 
@@ -27,8 +56,12 @@ def test_public_api_is_exactly_the_documented_list():
 
 
 def _modules_after(code: str) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", f"{code}\nimport sys\nprint(' '.join(sys.modules))"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport sys\nprint(' '.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return set(out.stdout.split())
 
 
@@ -51,8 +84,9 @@ def test_readme_library_example_runs(tmp_path):
     assert blocks, "README has a python example"
     script = tmp_path / "example.py"
     script.write_text(blocks[0])
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert "awaiting_review 50%" in out.stdout
     assert "item_completed" in out.stdout

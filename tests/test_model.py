@@ -24,7 +24,9 @@ def test_item_state_precedence():
     assert derive_item_state(["completed", "skipped"]) is ItemState.COMPLETED
     assert derive_item_state(["failed", "awaiting_review", "pending"]) is ItemState.FAILED
     assert derive_item_state(["rejected", "awaiting_review"]) is ItemState.REJECTED
-    assert derive_item_state(["completed", "awaiting_review", "pending"]) is ItemState.AWAITING_REVIEW
+    assert (
+        derive_item_state(["completed", "awaiting_review", "pending"]) is ItemState.AWAITING_REVIEW
+    )
     assert derive_item_state(["completed", "pending"]) is ItemState.PENDING
 
 

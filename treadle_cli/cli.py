@@ -39,7 +39,7 @@ DEFAULT_BUSY_TIMEOUT = 30.0
 app = typer.Typer(
     name="treadle",
     help="Persistent, resumable, human-in-the-loop pipelines for work items.\n\n"
-    "Example: treadle advance pipelines/document_review.yaml doc-1 --data '{\"path\": \"a.md\"}'",
+    'Example: treadle advance pipelines/document_review.yaml doc-1 --data \'{"path": "a.md"}\'',
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -70,15 +70,24 @@ class State:
         from .store.sqlite import SqliteStateStore
 
         if must_exist and not (self.db.exists() and self.db.stat().st_size > 0):
-            raise UsageError(f"no treadle database at {self.db}",
-                             hint="pass --db PATH (or set TREADLE_DB), or run `treadle advance` first")
-        return SqliteStateStore.open(self.db, durability=self.durability.value,
-                                     timeout=self.timeout, readonly=readonly)
+            raise UsageError(
+                f"no treadle database at {self.db}",
+                hint="pass --db PATH (or set TREADLE_DB), or run `treadle advance` first",
+            )
+        return SqliteStateStore.open(
+            self.db, durability=self.durability.value, timeout=self.timeout, readonly=readonly
+        )
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (see README).")]
-WaitOpt = Annotated[float, typer.Option(
-    "--wait", min=0, help="Seconds to wait for retries due soon; later ones are left for the next call.")]
+WaitOpt = Annotated[
+    float,
+    typer.Option(
+        "--wait",
+        min=0,
+        help="Seconds to wait for retries due soon; later ones are left for the next call.",
+    ),
+]
 ByOpt = Annotated[str | None, typer.Option("--by", help="Who decides (default: the OS user).")]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -86,8 +95,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _emit_error(exc: TreadleError, json_mode: bool) -> None:
     if json_mode:
-        payload: dict[str, Any] = {"error": exc.message, "hint": exc.hint,
-                                   "exit_code": exc.exit_code, "type": type(exc).__name__}
+        payload: dict[str, Any] = {
+            "error": exc.message,
+            "hint": exc.hint,
+            "exit_code": exc.exit_code,
+            "type": type(exc).__name__,
+        }
         problems = getattr(exc, "problems", None)
         if problems and problems != [exc.message]:
             payload["problems"] = problems
@@ -129,8 +142,10 @@ def command(fn: F) -> F:
         except Exception as exc:
             if debug:
                 traceback.print_exc()
-            bug = TreadleError(f"unexpected {type(exc).__name__}: {exc}",
-                               hint="this is a bug; rerun with --debug and report the traceback")
+            bug = TreadleError(
+                f"unexpected {type(exc).__name__}: {exc}",
+                hint="this is a bug; rerun with --debug and report the traceback",
+            )
             bug.exit_code = EXIT_BUG
             _emit_error(bug, json_mode)
             raise typer.Exit(EXIT_BUG) from None
@@ -156,15 +171,24 @@ def _version(value: bool) -> None:
 @app.callback()
 def main_options(
     ctx: typer.Context,
-    db: Annotated[Path, typer.Option("--db", envvar="TREADLE_DB",
-                                     help="The SQLite database file.")] = Path("treadle.db"),
+    db: Annotated[
+        Path, typer.Option("--db", envvar="TREADLE_DB", help="The SQLite database file.")
+    ] = Path("treadle.db"),
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
-    durability: Annotated[Durability, typer.Option(
-        "--durability", envvar="TREADLE_DURABILITY",
-        help="normal survives a process crash; full also survives power loss (slower).",
-    )] = Durability.normal,
-    version: Annotated[bool | None, typer.Option(
-        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None,
+    durability: Annotated[
+        Durability,
+        typer.Option(
+            "--durability",
+            envvar="TREADLE_DURABILITY",
+            help="normal survives a process crash; full also survives power loss (slower).",
+        ),
+    ] = Durability.normal,
+    version: Annotated[
+        bool | None,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = None,
 ) -> None:
     """Persistent, resumable, human-in-the-loop pipelines for work items."""
     try:
@@ -198,16 +222,19 @@ def _parse_json(text: str, what: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} "
-                         f"column {exc.colno}", hint="quote it, e.g. --data '{\"key\": 1}'"
-                         ) from None
+        raise UsageError(
+            f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            hint="quote it, e.g. --data '{\"key\": 1}'",
+        ) from None
 
 
 def _json_object(text: str, what: str) -> dict[str, Any]:
     value = _parse_json(text, what)
     if not isinstance(value, dict):
-        raise UsageError(f"{what} must be a JSON object, not {type(value).__name__}",
-                         hint='wrap it: {"key": value}')
+        raise UsageError(
+            f"{what} must be a JSON object, not {type(value).__name__}",
+            hint='wrap it: {"key": value}',
+        )
     return value
 
 
@@ -232,7 +259,9 @@ def _file_hash(path: str | None) -> str | None:
 
 def _show_status(st: PipelineStatus, json_output: bool) -> None:
     outdated = bool(st.item.pipeline_path) and _file_hash(st.item.pipeline_path) not in (
-        None, st.item.pipeline_hash)
+        None,
+        st.item.pipeline_hash,
+    )
     if json_output:
         payload = st.to_json()
         payload["outdated"] = outdated
@@ -246,18 +275,23 @@ def _show_status(st: PipelineStatus, json_output: bool) -> None:
         typer.echo("\n".join(status_lines(st, outdated=outdated)))
 
 
-def _advance_registered(state: State, store: SqliteStateStore, item_id: str,
-                        wait: float) -> PipelineStatus:
+def _advance_registered(
+    state: State, store: SqliteStateStore, item_id: str, wait: float
+) -> PipelineStatus:
     """Advance an item with the pipeline file it was registered with."""
     rec = store.get_item(item_id)
     if rec is None:
         raise UnknownItemError(item_id)
     if not rec.pipeline_path:
-        raise UsageError(f"item {item_id!r} was registered by a library workflow, not a "
-                         "pipeline file", hint="advance it from the code that created it")
+        raise UsageError(
+            f"item {item_id!r} was registered by a library workflow, not a pipeline file",
+            hint="advance it from the code that created it",
+        )
     if not Path(rec.pipeline_path).exists():
-        raise UsageError(f"pipeline file {rec.pipeline_path} of item {item_id!r} is gone",
-                         hint="restore it, or run `treadle advance PIPELINE ITEM`")
+        raise UsageError(
+            f"pipeline file {rec.pipeline_path} of item {item_id!r} is gone",
+            hint="restore it, or run `treadle advance PIPELINE ITEM`",
+        )
     wf = _load_workflow(Path(rec.pipeline_path))
     return wf.advance(item_id, store, wait=wait)
 
@@ -281,12 +315,15 @@ def _read_items_file(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise UsageError(f"{path}:{n}: not valid JSON: {exc.msg}",
-                                 hint='one object per line: {"id": "doc-1", "data": {...}}'
-                                 ) from None
+                raise UsageError(
+                    f"{path}:{n}: not valid JSON: {exc.msg}",
+                    hint='one object per line: {"id": "doc-1", "data": {...}}',
+                ) from None
             if not isinstance(row, dict) or not isinstance(row.get("id"), str):
-                raise UsageError(f'{path}:{n}: each line needs a string "id"',
-                                 hint='one object per line: {"id": "doc-1", "data": {...}}')
+                raise UsageError(
+                    f'{path}:{n}: each line needs a string "id"',
+                    hint='one object per line: {"id": "doc-1", "data": {...}}',
+                )
             data = row.get("data", {})
             if not isinstance(data, dict):
                 raise UsageError(f'{path}:{n}: "data" must be a JSON object')
@@ -298,8 +335,9 @@ def _decoded_lines(fh: Any, path: Path) -> Iterator[str]:
     try:
         yield from fh
     except UnicodeDecodeError as exc:  # decoded a block at a time: no reliable line number
-        raise UsageError(f"{path} is not UTF-8 text ({exc.reason})",
-                         hint="save the file as UTF-8") from None
+        raise UsageError(
+            f"{path} is not UTF-8 text ({exc.reason})", hint="save the file as UTF-8"
+        ) from None
 
 
 @app.command()
@@ -308,16 +346,22 @@ def advance(
     ctx: typer.Context,
     pipeline: Annotated[Path, typer.Argument(metavar="PIPELINE", help="The pipeline YAML file.")],
     items: Annotated[list[str] | None, typer.Argument(help="Item ids to register/advance.")] = None,
-    data: Annotated[str | None, typer.Option(
-        "--data", help="JSON object: the data of items registered now.")] = None,
-    data_file: Annotated[Path | None, typer.Option(
-        "--data-file", help="A file holding that JSON object.")] = None,
-    items_file: Annotated[Path | None, typer.Option(
-        "--items", help='JSON lines {"id": ..., "data": {...}} ("-" for stdin).')] = None,
-    all_items: Annotated[bool, typer.Option(
-        "--all", help="Every unfinished item of this pipeline.")] = False,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=64,
-                                      help="Items advanced in parallel.")] = 1,
+    data: Annotated[
+        str | None, typer.Option("--data", help="JSON object: the data of items registered now.")
+    ] = None,
+    data_file: Annotated[
+        Path | None, typer.Option("--data-file", help="A file holding that JSON object.")
+    ] = None,
+    items_file: Annotated[
+        Path | None,
+        typer.Option("--items", help='JSON lines {"id": ..., "data": {...}} ("-" for stdin).'),
+    ] = None,
+    all_items: Annotated[
+        bool, typer.Option("--all", help="Every unfinished item of this pipeline.")
+    ] = False,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, max=64, help="Items advanced in parallel.")
+    ] = 1,
     wait: WaitOpt = 60.0,
     json_output: JsonOpt = False,
 ) -> None:
@@ -337,18 +381,21 @@ def advance(
         try:
             text = data_file.read_text(encoding="utf-8")
         except OSError as exc:
-            raise UsageError(f"cannot read {data_file}: {exc.strerror}",
-                             hint="check the path") from None
+            raise UsageError(
+                f"cannot read {data_file}: {exc.strerror}", hint="check the path"
+            ) from None
         except UnicodeDecodeError as exc:
-            raise UsageError(f"{data_file} is not UTF-8 text ({exc.reason})",
-                             hint="save the file as UTF-8") from None
+            raise UsageError(
+                f"{data_file} is not UTF-8 text ({exc.reason})", hint="save the file as UTF-8"
+            ) from None
         payload = _json_object(text, str(data_file))
     targets: list[tuple[str, dict[str, Any] | None]] = [(i, payload) for i in items or []]
     if items_file is not None:
         targets.extend(_read_items_file(items_file))
     if not targets and not all_items:
-        raise UsageError("no items to advance",
-                         hint="name items, or pass --items FILE.jsonl or --all")
+        raise UsageError(
+            "no items to advance", hint="name items, or pass --items FILE.jsonl or --all"
+        )
     from .engine import validate_item_id
 
     for item_id, _ in targets:
@@ -374,8 +421,10 @@ def advance(
     for st in results:  # registration keeps an item's first data; say so rather than drop it
         new = given.get(st.item_id)
         if new is not None and new != st.item.data:
-            sys.stderr.write(f"warning: {st.item_id} already exists; its stored data was kept "
-                             "and the new data ignored\n")
+            sys.stderr.write(
+                f"warning: {st.item_id} already exists; its stored data was kept "
+                "and the new data ignored\n"
+            )
     states = [st.state.value for st in results]
     if json_output:
         counts: dict[str, int] = {}
@@ -387,9 +436,14 @@ def advance(
     raise typer.Exit(_exit_for(states))
 
 
-def _advance_many(wf: Workflow, store: SqliteStateStore,
-                  targets: list[tuple[str, dict[str, Any] | None]], jobs: int, wait: float,
-                  show_progress: bool) -> list[PipelineStatus]:
+def _advance_many(
+    wf: Workflow,
+    store: SqliteStateStore,
+    targets: list[tuple[str, dict[str, Any] | None]],
+    jobs: int,
+    wait: float,
+    show_progress: bool,
+) -> list[PipelineStatus]:
     def one(target: tuple[str, dict[str, Any] | None]) -> PipelineStatus:
         return wf.advance(target[0], store, data=target[1], wait=wait)
 
@@ -398,9 +452,14 @@ def _advance_many(wf: Workflow, store: SqliteStateStore,
     if show_progress and len(targets) > 1 and err.is_terminal:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-        progress = Progress("[progress.description]{task.description}", BarColumn(),
-                            MofNCompleteColumn(), TimeElapsedColumn(), console=err,
-                            transient=True)
+        progress = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        )
     results: list[PipelineStatus] = []
     if progress is not None:
         progress.start()
@@ -452,7 +511,7 @@ def _report_advance(results: list[PipelineStatus]) -> None:
         for stage in st.review_stages():
             view = st.stage(stage)
             subs = [s.name for s in view.subtasks if s.status == "awaiting_review"]
-            for target in ([f"{stage}/{s}" for s in subs] or [stage]):
+            for target in [f"{stage}/{s}" for s in subs] or [stage]:
                 hints.append(f"treadle approve {_quote(st.item_id)} {_quote(target)}")
         for stage in st.failed_stages() + st.rejected_stages():
             hints.append(f"treadle retry {_quote(st.item_id)} {_quote(stage)}")
@@ -478,13 +537,24 @@ def _quote(text: str) -> str:
 def approve(
     ctx: typer.Context,
     item: Annotated[str, typer.Argument(metavar="ITEM", help="The item id.")],
-    stage: Annotated[str, typer.Argument(metavar="STAGE[/SUBTASK]", help="STAGE or STAGE/SUBTASK awaiting review.")],
-    comment: Annotated[str | None, typer.Option("--comment", help="A note kept with the decision.")] = None,
+    stage: Annotated[
+        str,
+        typer.Argument(metavar="STAGE[/SUBTASK]", help="STAGE or STAGE/SUBTASK awaiting review."),
+    ],
+    comment: Annotated[
+        str | None, typer.Option("--comment", help="A note kept with the decision.")
+    ] = None,
     by: ByOpt = None,
-    output: Annotated[str | None, typer.Option(
-        "--output", help="JSON: an edited output that downstream stages see instead.")] = None,
-    advance_after: Annotated[bool, typer.Option(
-        "--advance", help="Then advance the item with the pipeline file it was registered with.")] = False,
+    output: Annotated[
+        str | None,
+        typer.Option("--output", help="JSON: an edited output that downstream stages see instead."),
+    ] = None,
+    advance_after: Annotated[
+        bool,
+        typer.Option(
+            "--advance", help="Then advance the item with the pipeline file it was registered with."
+        ),
+    ] = False,
     wait: WaitOpt = 60.0,
     json_output: JsonOpt = False,
 ) -> None:
@@ -506,8 +576,13 @@ def approve(
 def reject(
     ctx: typer.Context,
     item: Annotated[str, typer.Argument(metavar="ITEM", help="The item id.")],
-    stage: Annotated[str, typer.Argument(metavar="STAGE[/SUBTASK]", help="STAGE or STAGE/SUBTASK awaiting review.")],
-    reason: Annotated[str, typer.Option("--reason", help="Why (required; the stage sees it on retry).")],
+    stage: Annotated[
+        str,
+        typer.Argument(metavar="STAGE[/SUBTASK]", help="STAGE or STAGE/SUBTASK awaiting review."),
+    ],
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why (required; the stage sees it on retry).")
+    ],
     by: ByOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
@@ -522,13 +597,22 @@ def reject(
     _finish_decision(_state(ctx), store, result, False, 0.0, json_output)
 
 
-def _finish_decision(state: State, store: SqliteStateStore, result: Any, advance_after: bool,
-                     wait: float, json_output: bool) -> None:
+def _finish_decision(
+    state: State,
+    store: SqliteStateStore,
+    result: Any,
+    advance_after: bool,
+    wait: float,
+    json_output: bool,
+) -> None:
     st = _advance_registered(state, store, result.item_id, wait) if advance_after else None
     if json_output:
         payload: dict[str, Any] = {
-            "item": result.item_id, "stage": result.stage, "subtask": result.subtask,
-            "decision": result.decision.value, "changed": result.changed,
+            "item": result.item_id,
+            "stage": result.stage,
+            "subtask": result.subtask,
+            "decision": result.decision.value,
+            "changed": result.changed,
         }
         if result.events:
             payload["by"] = (result.events[0].data or {}).get("by")
@@ -549,8 +633,12 @@ def retry(
     ctx: typer.Context,
     item: Annotated[str, typer.Argument(metavar="ITEM", help="The item id.")],
     stage: Annotated[str, typer.Argument(metavar="STAGE", help="A failed or rejected stage.")],
-    advance_after: Annotated[bool, typer.Option(
-        "--advance", help="Then advance the item with the pipeline file it was registered with.")] = False,
+    advance_after: Annotated[
+        bool,
+        typer.Option(
+            "--advance", help="Then advance the item with the pipeline file it was registered with."
+        ),
+    ] = False,
     wait: WaitOpt = 60.0,
     json_output: JsonOpt = False,
 ) -> None:
@@ -566,8 +654,12 @@ def retry(
     st = _advance_registered(state, store, item, wait) if advance_after else None
     subtasks = (events[0].data or {}).get("subtasks", []) if events else []
     if json_output:
-        payload: dict[str, Any] = {"item": item, "stage": stage, "reset": True,
-                                   "subtasks": subtasks}
+        payload: dict[str, Any] = {
+            "item": item,
+            "stage": stage,
+            "reset": True,
+            "subtasks": subtasks,
+        }
         if st is not None:
             payload["status"] = st.to_json()
         _print_json(payload)
@@ -593,11 +685,20 @@ def status(
     ctx: typer.Context,
     item: Annotated[str | None, typer.Argument(help="One item: show its stage tree.")] = None,
     all_items: Annotated[bool, typer.Option("--all", help="Include completed items.")] = False,
-    pipeline: Annotated[str | None, typer.Option("--pipeline", help="Only this pipeline's items.")] = None,
-    state_filter: Annotated[list[str] | None, typer.Option(
-        "--state", help="Only items in this state (repeatable): pending, running, "
-        "awaiting_review, failed, rejected, completed.")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=0, help="At most this many rows.")] = None,
+    pipeline: Annotated[
+        str | None, typer.Option("--pipeline", help="Only this pipeline's items.")
+    ] = None,
+    state_filter: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--state",
+            help="Only items in this state (repeatable): pending, running, "
+            "awaiting_review, failed, rejected, completed.",
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=0, help="At most this many rows.")
+    ] = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Show one item's stage tree, or a table of items with counts per stage and state.
@@ -617,7 +718,9 @@ def status(
         valid = {s.value for s in ItemState}
         bad = [s for s in state_filter if s not in valid]
         if bad:
-            raise UsageError(f"unknown state {bad[0]!r}", hint=f"use one of: {', '.join(sorted(valid))}")
+            raise UsageError(
+                f"unknown state {bad[0]!r}", hint=f"use one of: {', '.join(sorted(valid))}"
+            )
         states = list(state_filter)
     elif all_items:
         states = None
@@ -641,8 +744,9 @@ def status(
             out.print(items_table(rows))
         out.print(summary_text(counts), style="hint")
         if total > len(rows):
-            out.print(f"showing {len(rows)} of {total}; use --limit N or --json for more",
-                      style="hint")
+            out.print(
+                f"showing {len(rows)} of {total}; use --limit N or --json for more", style="hint"
+            )
         return
     for line in counts_lines(stage_counts):
         typer.echo(line)
@@ -650,20 +754,37 @@ def status(
         typer.echo(item_line(rec))
 
 
-def _stream_items_json(store: SqliteStateStore, pipeline: str | None, states: list[str] | None,
-                       limit: int | None, counts: dict[str, int],
-                       stage_counts: dict[str, dict[str, int]]) -> None:
+def _stream_items_json(
+    store: SqliteStateStore,
+    pipeline: str | None,
+    states: list[str] | None,
+    limit: int | None,
+    counts: dict[str, int],
+    stage_counts: dict[str, dict[str, int]],
+) -> None:
     """Write the status JSON item by item, so memory stays flat on big databases."""
     w = sys.stdout.write
     w('{"items": [')
     first = True
     for rec in store.iter_items(pipeline=pipeline, states=states, limit=limit):
-        w(("" if first else ", ") + json.dumps({
-            "id": rec.id, "pipeline": rec.pipeline, "state": rec.state.value,
-            "progress": rec.progress, "waiting_on": rec.waiting_on}))
+        w(
+            ("" if first else ", ")
+            + json.dumps(
+                {
+                    "id": rec.id,
+                    "pipeline": rec.pipeline,
+                    "state": rec.state.value,
+                    "progress": rec.progress,
+                    "waiting_on": rec.waiting_on,
+                }
+            )
+        )
         first = False
-    w('], "counts": ' + json.dumps({"items": counts, "stages": stage_counts,
-                                    "total": sum(counts.values())}) + "}\n")
+    w(
+        '], "counts": '
+        + json.dumps({"items": counts, "stages": stage_counts, "total": sum(counts.values())})
+        + "}\n"
+    )
     sys.stdout.flush()
 
 
@@ -671,7 +792,9 @@ def _stream_items_json(store: SqliteStateStore, pipeline: str | None, states: li
 @command
 def reviews(
     ctx: typer.Context,
-    pipeline: Annotated[str | None, typer.Option("--pipeline", help="Only this pipeline's items.")] = None,
+    pipeline: Annotated[
+        str | None, typer.Option("--pipeline", help="Only this pipeline's items.")
+    ] = None,
     json_output: JsonOpt = False,
 ) -> None:
     """The review inbox: what awaits a human decision, oldest first.
@@ -712,8 +835,13 @@ def history(
     events = store.events(item_id=item)
     decided = store.decisions(item)
     if json_output:
-        _print_json({"item": item, "events": [e.to_json() for e in events],
-                     "decisions": [d.to_json() for d in decided]})
+        _print_json(
+            {
+                "item": item,
+                "events": [e.to_json() for e in events],
+                "decisions": [d.to_json() for d in decided],
+            }
+        )
         return
     from .render import decision_line, event_line, history_table
 
@@ -733,13 +861,23 @@ def history(
 @command
 def watch(
     ctx: typer.Context,
-    item: Annotated[str | None, typer.Argument(help="Follow one item (default: every item).")] = None,
-    all_items: Annotated[bool, typer.Option("--all", help="Follow every item, including new ones.")] = False,
-    until_settled: Annotated[bool, typer.Option(
-        "--until-settled", help="Exit when nothing is pending or running: 0 all complete, "
-        "1 a failure or rejection, 5 waiting on a human.")] = False,
-    interval: Annotated[float, typer.Option("--interval", min=0.02, max=10,
-                                            help="Seconds between polls.")] = 0.2,
+    item: Annotated[
+        str | None, typer.Argument(help="Follow one item (default: every item).")
+    ] = None,
+    all_items: Annotated[
+        bool, typer.Option("--all", help="Follow every item, including new ones.")
+    ] = False,
+    until_settled: Annotated[
+        bool,
+        typer.Option(
+            "--until-settled",
+            help="Exit when nothing is pending or running: 0 all complete, "
+            "1 a failure or rejection, 5 waiting on a human.",
+        ),
+    ] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.02, max=10, help="Seconds between polls.")
+    ] = 0.2,
     json_output: JsonOpt = False,
 ) -> None:
     """Follow the database live while other processes change it. Ctrl-C exits 0.
@@ -769,8 +907,9 @@ def _settled_code(store: SqliteStateStore, item: str | None) -> int | None:
     return EXIT_HUMAN if counts.get("awaiting_review") else EXIT_OK
 
 
-def _watch(state: State, item: str | None, until_settled: bool, interval: float,
-           json_output: bool) -> int:
+def _watch(
+    state: State, item: str | None, until_settled: bool, interval: float, json_output: bool
+) -> int:
     # Following every item, wait for the database to appear (creating it is not ours to do).
     # One item on a missing database is an unknown item, as for `status ITEM`: the
     # read-only store opened below reads a missing file as empty.
@@ -787,8 +926,9 @@ def _watch(state: State, item: str | None, until_settled: bool, interval: float,
     if terminal:
         from rich.live import Live
 
-        live = Live(_watch_view(store, item), console=_console(), refresh_per_second=8,
-                    transient=False)
+        live = Live(
+            _watch_view(store, item), console=_console(), refresh_per_second=8, transient=False
+        )
         live.start()
     try:
         while True:
@@ -827,8 +967,11 @@ def _watch_view(store: SqliteStateStore, item: str | None) -> Any:
     states = ["pending", "running", "awaiting_review", "failed", "rejected"]
     rows = list(store.iter_items(states=states, limit=30))
     counts = store.count_items()
-    return Group(counts_table(store.stage_counts()), items_table(rows, title="unfinished items"),
-                 summary_text(counts))
+    return Group(
+        counts_table(store.stage_counts()),
+        items_table(rows, title="unfinished items"),
+        summary_text(counts),
+    )
 
 
 # ------------------------------------------------------------------ pipelines
@@ -848,8 +991,17 @@ def validate(
     wf = _load_workflow(pipeline)
     p = wf.pipeline
     if json_output:
-        _print_json({"valid": True, "pipeline": p.name, "path": p.path, "stages": [
-            {"name": s.name, "needs": list(s.needs), "uses": s.uses} for s in p.stages.values()]})
+        _print_json(
+            {
+                "valid": True,
+                "pipeline": p.name,
+                "path": p.path,
+                "stages": [
+                    {"name": s.name, "needs": list(s.needs), "uses": s.uses}
+                    for s in p.stages.values()
+                ],
+            }
+        )
         return
     typer.echo(f"ok: {p.name} ({len(p.stages)} stages: {' → '.join(p.order)})")
 
@@ -859,7 +1011,9 @@ def validate(
 def graph(
     ctx: typer.Context,
     pipeline: Annotated[Path, typer.Argument(metavar="PIPELINE", help="The pipeline YAML file.")],
-    fmt: Annotated[GraphFormat, typer.Option("--format", "-f", help="tree, mermaid or dot.")] = GraphFormat.tree,
+    fmt: Annotated[
+        GraphFormat, typer.Option("--format", "-f", help="tree, mermaid or dot.")
+    ] = GraphFormat.tree,
     json_output: JsonOpt = False,
 ) -> None:
     """Draw a pipeline's DAG as a tree, a Mermaid chart or Graphviz dot.
@@ -871,8 +1025,13 @@ def graph(
     p = _load_workflow(pipeline).pipeline
     needs = {name: spec.needs for name, spec in p.stages.items()}
     if json_output:
-        _print_json({"pipeline": p.name, "nodes": p.order,
-                     "edges": [[dep, name] for name in p.order for dep in needs[name]]})
+        _print_json(
+            {
+                "pipeline": p.name,
+                "nodes": p.order,
+                "edges": [[dep, name] for name in p.order for dep in needs[name]],
+            }
+        )
     elif fmt == GraphFormat.mermaid:
         typer.echo(graph_mermaid(p.order, needs))
     elif fmt == GraphFormat.dot:

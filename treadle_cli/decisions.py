@@ -49,8 +49,11 @@ class DecisionResult:
     def message(self) -> str:
         target = self.stage + (f"/{self.subtask}" if self.subtask else "")
         verb = self.decision.value
-        return (f"{self.item_id} {target} {verb}" if self.changed
-                else f"{self.item_id} {target} already {verb}")
+        return (
+            f"{self.item_id} {target} {verb}"
+            if self.changed
+            else f"{self.item_id} {target} already {verb}"
+        )
 
 
 def _check_json(value: Any, what: str) -> None:
@@ -61,9 +64,17 @@ def _check_json(value: Any, what: str) -> None:
 
 
 def decide(
-    store: StateStore, item_id: str, stage: str, decision: DecisionKind, *,
-    subtask: str | None = None, by: str | None = None, reason: str | None = None,
-    comment: str | None = None, output: Any = None, clock: Clock | None = None,
+    store: StateStore,
+    item_id: str,
+    stage: str,
+    decision: DecisionKind,
+    *,
+    subtask: str | None = None,
+    by: str | None = None,
+    reason: str | None = None,
+    comment: str | None = None,
+    output: Any = None,
+    clock: Clock | None = None,
     bus: EventBus | None = None,
 ) -> DecisionResult:
     """Record an approval or rejection; raises ConflictError if nothing awaits it."""
@@ -73,8 +84,14 @@ def decide(
     if output is not None:
         _check_json(output, "the approved output")
     now = (clock or SystemClock()).now()
-    rec = ReviewData(decision=decision, by=by or default_user(), at=now, reason=reason,
-                     comment=comment, output=output)
+    rec = ReviewData(
+        decision=decision,
+        by=by or default_user(),
+        at=now,
+        reason=reason,
+        comment=comment,
+        output=output,
+    )
     if bus is None:
         changed, events = store.decide(item_id, stage, subtask, rec, now)
     else:
@@ -93,7 +110,11 @@ def reject(store: StateStore, item_id: str, stage: str, reason: str, **kw: Any) 
 
 
 def retry(
-    store: StateStore, item_id: str, stage: str, *, clock: Clock | None = None,
+    store: StateStore,
+    item_id: str,
+    stage: str,
+    *,
+    clock: Clock | None = None,
     bus: EventBus | None = None,
 ) -> list[Event]:
     """Make a failed or rejected stage pending again (only its failed subtasks re-run)."""

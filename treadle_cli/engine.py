@@ -105,11 +105,15 @@ def validate_item_id(item_id: str) -> str:
     if not isinstance(item_id, str) or not item_id.strip():
         raise UsageError("an item id cannot be empty", hint="pass an id like doc-1")
     if len(item_id) > MAX_ITEM_ID:
-        raise UsageError(f"item id is {len(item_id)} characters long; the limit is {MAX_ITEM_ID}",
-                         hint="use a shorter id and keep long text in the item's data")
+        raise UsageError(
+            f"item id is {len(item_id)} characters long; the limit is {MAX_ITEM_ID}",
+            hint="use a shorter id and keep long text in the item's data",
+        )
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in item_id):
-        raise UsageError(f"item id {item_id!r} contains control characters (newline, tab...)",
-                         hint="use printable characters only")
+        raise UsageError(
+            f"item id {item_id!r} contains control characters (newline, tab...)",
+            hint="use printable characters only",
+        )
     return item_id
 
 
@@ -127,8 +131,9 @@ def _json_problem(value: Any) -> str | None:
 class _Attempt(Exception):
     """A failed attempt: message and traceback, with an optional retry delay."""
 
-    def __init__(self, error: str, tb: str | None = None, delay: float | None = None,
-                 final: bool = False) -> None:
+    def __init__(
+        self, error: str, tb: str | None = None, delay: float | None = None, final: bool = False
+    ) -> None:
         super().__init__(error)
         self.error, self.tb, self.delay, self.final = error, tb, delay, final
 
@@ -203,8 +208,10 @@ def to_outcome(result: Any) -> StageOutcome:
         return result
     if isinstance(result, dict):
         return StageOutcome.complete(result)
-    raise _Attempt(f"TypeError: stage returned {type(result).__name__}; return a "
-                   "StageOutcome, a dict or None", final=False)
+    raise _Attempt(
+        f"TypeError: stage returned {type(result).__name__}; return a StageOutcome, a dict or None",
+        final=False,
+    )
 
 
 def _execute(spec: StageSpec, item: WorkItem, ctx: StageContext) -> StageOutcome:
@@ -251,8 +258,14 @@ class _Run:
 class Engine:
     """Advances items of one pipeline in one store. Built per call by ``Workflow``."""
 
-    def __init__(self, pipeline: Pipeline, store: StateStore, clock: Clock, bus: EventBus,
-                 lease: float = DEFAULT_LEASE) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        store: StateStore,
+        clock: Clock,
+        bus: EventBus,
+        lease: float = DEFAULT_LEASE,
+    ) -> None:
         self.pipeline = pipeline
         self.store = store
         self.clock = clock
@@ -282,8 +295,10 @@ class Engine:
         validate_item_id(item_id)
         payload = {} if payload is None else payload
         if not isinstance(payload, dict):
-            raise UsageError(f"item data must be a JSON object, not {type(payload).__name__}",
-                             hint='pass an object such as {"path": "docs/a.md"}')
+            raise UsageError(
+                f"item data must be a JSON object, not {type(payload).__name__}",
+                hint='pass an object such as {"path": "docs/a.md"}',
+            )
         if (problem := _json_problem(payload)) is not None:
             raise UsageError(f"item data is not JSON-serializable: {problem}")
         p = self.pipeline
@@ -291,12 +306,15 @@ class Engine:
         now = self.clock.now()
         if rec is None:
             with self.bus.ordered():
-                rec, events = self.store.register_item(item_id, p.name, payload, p.path, p.hash,
-                                                       p.order, now)
+                rec, events = self.store.register_item(
+                    item_id, p.name, payload, p.path, p.hash, p.order, now
+                )
                 self.bus.publish(events)
         if rec.pipeline != p.name:
-            raise UsageError(f"item {item_id!r} belongs to pipeline {rec.pipeline!r}, "
-                             f"not {p.name!r}", hint="advance it with its own pipeline file")
+            raise UsageError(
+                f"item {item_id!r} belongs to pipeline {rec.pipeline!r}, not {p.name!r}",
+                hint="advance it with its own pipeline file",
+            )
         names = [s.name for s in self.store.get_stages(item_id)]
         if names != p.order or rec.pipeline_hash != p.hash or rec.pipeline_path != p.path:
             with self.bus.ordered():
@@ -305,10 +323,12 @@ class Engine:
 
     # -------------------------------------------------------------- advance
 
-    def advance(self, item: WorkItem | str, *, data: Any = None,
-                wait: float = 60.0) -> PipelineStatus:
-        run = _Run(self.ensure_item(item, data),
-                   self.clock.now() + timedelta(seconds=max(wait, 0.0)))
+    def advance(
+        self, item: WorkItem | str, *, data: Any = None, wait: float = 60.0
+    ) -> PipelineStatus:
+        run = _Run(
+            self.ensure_item(item, data), self.clock.now() + timedelta(seconds=max(wait, 0.0))
+        )
         while True:
             stages = {s.name: s for s in self.store.get_stages(run.item.id)}
             ready, next_due = self._ready(stages)
@@ -353,8 +373,9 @@ class Engine:
         if len(ready) == 1:
             self._run_stage(run, ready[0])
             return
-        with ThreadPoolExecutor(max_workers=min(len(ready), MAX_PARALLEL_STAGES),
-                                thread_name_prefix="treadle-stage") as pool:
+        with ThreadPoolExecutor(
+            max_workers=min(len(ready), MAX_PARALLEL_STAGES), thread_name_prefix="treadle-stage"
+        ) as pool:
             for f in [pool.submit(self._run_stage, run, rec) for rec in ready]:
                 f.result()
 
@@ -362,28 +383,47 @@ class Engine:
         seconds = spec.timeout + 60.0 if spec.timeout else self.lease
         return self.clock.now() + timedelta(seconds=seconds)
 
-    def _context(self, run: _Run, spec: StageSpec, attempt: int, subtask: str | None = None,
-                 subtask_data: Any = None, with_review: bool = False) -> StageContext:
+    def _context(
+        self,
+        run: _Run,
+        spec: StageSpec,
+        attempt: int,
+        subtask: str | None = None,
+        subtask_data: Any = None,
+        with_review: bool = False,
+    ) -> StageContext:
         wanted = self._ancestors[spec.name]
         outputs: dict[str, Any] = {}
         if wanted:
             for rec in self.store.get_stages(run.item.id):
                 if rec.name in wanted and rec.status in DONE_STATUSES:
                     outputs[rec.name] = rec.output
-        review = (self.store.last_decision(run.item.id, spec.name, subtask)
-                  if with_review else None)
-        return StageContext(item_id=run.item.id, stage=spec.name, attempt=attempt,
-                            data=run.item.data, outputs=outputs, subtask=subtask,
-                            subtask_data=subtask_data, review=review,
-                            log=logging.getLogger(f"treadle.stage.{spec.name}"))
+        review = self.store.last_decision(run.item.id, spec.name, subtask) if with_review else None
+        return StageContext(
+            item_id=run.item.id,
+            stage=spec.name,
+            attempt=attempt,
+            data=run.item.data,
+            outputs=outputs,
+            subtask=subtask,
+            subtask_data=subtask_data,
+            review=review,
+            log=logging.getLogger(f"treadle.stage.{spec.name}"),
+        )
 
     def _run_stage(self, run: _Run, expected: StageRecord) -> None:
         spec = self.pipeline.stages[expected.name]
         claim = uuid.uuid4().hex
         with self.bus.ordered():
-            got = self.store.claim_stage(run.item.id, spec.name, expected=expected, claim=claim,
-                                         owner=self.owner, now=self.clock.now(),
-                                         lease_until=self._lease_until(spec))
+            got = self.store.claim_stage(
+                run.item.id,
+                spec.name,
+                expected=expected,
+                claim=claim,
+                owner=self.owner,
+                now=self.clock.now(),
+                lease_until=self._lease_until(spec),
+            )
             if got is None:
                 return  # another process claimed it first
             rec, events = got
@@ -398,9 +438,14 @@ class Engine:
 
     def _release(self, run: _Run, name: str, claim: str) -> None:
         try:
-            self.store.finish_stage(run.item.id, name, claim=claim,
-                                    change=StageChange(StageStatus.PENDING), events=[],
-                                    now=self.clock.now())
+            self.store.finish_stage(
+                run.item.id,
+                name,
+                claim=claim,
+                change=StageChange(StageStatus.PENDING),
+                events=[],
+                now=self.clock.now(),
+            )
         except Exception:  # the store is failing: the claim dies with this process instead
             log.warning("%s %s: could not release the stage", run.item.id, name, exc_info=True)
 
@@ -416,36 +461,53 @@ class Engine:
             return
         self._apply(run, spec, rec, claim, outcome)
 
-    def _finish(self, run: _Run, name: str, claim: str, change: StageChange,
-                events: list[EventSpec]) -> None:
+    def _finish(
+        self, run: _Run, name: str, claim: str, change: StageChange, events: list[EventSpec]
+    ) -> None:
         with self.bus.ordered():
-            out = self.store.finish_stage(run.item.id, name, claim=claim, change=change,
-                                          events=events, now=self.clock.now())
+            out = self.store.finish_stage(
+                run.item.id, name, claim=claim, change=change, events=events, now=self.clock.now()
+            )
             self.bus.publish(out)
         if out is None:
-            log.warning("%s %s: claim taken over by another process; result dropped",
-                        run.item.id, name)
+            log.warning(
+                "%s %s: claim taken over by another process; result dropped", run.item.id, name
+            )
 
-    def _apply(self, run: _Run, spec: StageSpec, rec: StageRecord, claim: str,
-               outcome: StageOutcome) -> None:
+    def _apply(
+        self, run: _Run, spec: StageSpec, rec: StageRecord, claim: str, outcome: StageOutcome
+    ) -> None:
         name = spec.name
         kind = outcome.kind
         if kind == OutcomeKind.COMPLETE:
             self._completed(run, spec, claim, outcome.output)
         elif kind == OutcomeKind.NEEDS_REVIEW:
             prompt = outcome.prompt or f"Review {name} of {run.item.id}"
-            self._finish(run, name, claim, StageChange(
-                StageStatus.AWAITING_REVIEW, review_prompt=prompt, review_data=outcome.data,
-                clear=frozenset({"error", "traceback", "output"})),
-                [(EventKind.REVIEW_REQUIRED, None, {"prompt": prompt})])
+            self._finish(
+                run,
+                name,
+                claim,
+                StageChange(
+                    StageStatus.AWAITING_REVIEW,
+                    review_prompt=prompt,
+                    review_data=outcome.data,
+                    clear=frozenset({"error", "traceback", "output"}),
+                ),
+                [(EventKind.REVIEW_REQUIRED, None, {"prompt": prompt})],
+            )
         elif kind == OutcomeKind.SKIP:
-            self._finish(run, name, claim, StageChange(
-                StageStatus.SKIPPED, clear=frozenset({"error", "traceback"})),
-                [(EventKind.STAGE_SKIPPED, None, {"reason": outcome.reason})])
+            self._finish(
+                run,
+                name,
+                claim,
+                StageChange(StageStatus.SKIPPED, clear=frozenset({"error", "traceback"})),
+                [(EventKind.STAGE_SKIPPED, None, {"reason": outcome.reason})],
+            )
         elif kind == OutcomeKind.FAN_OUT:
             with self.bus.ordered():
-                events = self.store.add_subtasks(run.item.id, name, claim=claim,
-                                                 subtasks=outcome.subtasks, now=self.clock.now())
+                events = self.store.add_subtasks(
+                    run.item.id, name, claim=claim, subtasks=outcome.subtasks, now=self.clock.now()
+                )
                 self.bus.publish(events)
             if events is None:
                 return
@@ -455,32 +517,72 @@ class Engine:
         clear = frozenset({"error", "traceback", "next_attempt_at"})
         if spec.review:
             prompt = f"Review the output of {spec.name} for {run.item.id}"
-            self._finish(run, spec.name, claim, StageChange(
-                StageStatus.AWAITING_REVIEW, output=output, review_prompt=prompt,
-                review_data=output, clear=clear | {"output", "review_data"}),
-                [(EventKind.REVIEW_REQUIRED, None, {"prompt": prompt})])
+            self._finish(
+                run,
+                spec.name,
+                claim,
+                StageChange(
+                    StageStatus.AWAITING_REVIEW,
+                    output=output,
+                    review_prompt=prompt,
+                    review_data=output,
+                    clear=clear | {"output", "review_data"},
+                ),
+                [(EventKind.REVIEW_REQUIRED, None, {"prompt": prompt})],
+            )
             return
-        self._finish(run, spec.name, claim, StageChange(
-            StageStatus.COMPLETED, output=output, clear=clear | {"output"}),
-            [(EventKind.STAGE_COMPLETED, None, None)])
+        self._finish(
+            run,
+            spec.name,
+            claim,
+            StageChange(StageStatus.COMPLETED, output=output, clear=clear | {"output"}),
+            [(EventKind.STAGE_COMPLETED, None, None)],
+        )
 
-    def _attempt_failed(self, run: _Run, spec: StageSpec, rec: StageRecord, claim: str,
-                        failure: _Attempt) -> None:
+    def _attempt_failed(
+        self, run: _Run, spec: StageSpec, rec: StageRecord, claim: str, failure: _Attempt
+    ) -> None:
         used = rec.attempts - rec.attempt_base
         if not failure.final and used < spec.retry.max_attempts:
             delay = failure.delay if failure.delay is not None else spec.retry.delay(used)
             due = self.clock.now() + timedelta(seconds=max(delay, 0.0))
-            self._finish(run, spec.name, claim, StageChange(
-                StageStatus.PENDING, error=failure.error, traceback=failure.tb,
-                next_attempt_at=due, clear=frozenset({"traceback"})),
-                [(EventKind.STAGE_RETRYING, None, {
-                    "attempt": used, "error": failure.error, "delay": delay,
-                    "next_attempt_at": iso(due)})])
+            self._finish(
+                run,
+                spec.name,
+                claim,
+                StageChange(
+                    StageStatus.PENDING,
+                    error=failure.error,
+                    traceback=failure.tb,
+                    next_attempt_at=due,
+                    clear=frozenset({"traceback"}),
+                ),
+                [
+                    (
+                        EventKind.STAGE_RETRYING,
+                        None,
+                        {
+                            "attempt": used,
+                            "error": failure.error,
+                            "delay": delay,
+                            "next_attempt_at": iso(due),
+                        },
+                    )
+                ],
+            )
             return
-        self._finish(run, spec.name, claim, StageChange(
-            StageStatus.FAILED, error=failure.error, traceback=failure.tb,
-            clear=frozenset({"traceback", "next_attempt_at"})),
-            [(EventKind.STAGE_FAILED, None, {"error": failure.error, "attempts": used})])
+        self._finish(
+            run,
+            spec.name,
+            claim,
+            StageChange(
+                StageStatus.FAILED,
+                error=failure.error,
+                traceback=failure.tb,
+                clear=frozenset({"traceback", "next_attempt_at"}),
+            ),
+            [(EventKind.STAGE_FAILED, None, {"error": failure.error, "attempts": used})],
+        )
 
     # -------------------------------------------------------------- fan-out
 
@@ -490,29 +592,42 @@ class Engine:
             now = self.clock.now()
             subs = self.store.get_subtasks(item_id, spec.name)
             # We hold the stage's claim, so a subtask still marked running is a dead run's.
-            ready = [s for s in subs
-                     if s.status == SubtaskStatus.RUNNING
-                     or (s.status == SubtaskStatus.PENDING
-                         and (s.next_attempt_at is None or s.next_attempt_at <= now))]
+            ready = [
+                s
+                for s in subs
+                if s.status == SubtaskStatus.RUNNING
+                or (
+                    s.status == SubtaskStatus.PENDING
+                    and (s.next_attempt_at is None or s.next_attempt_at <= now)
+                )
+            ]
             if ready:
                 workers = max(1, min(spec.concurrency, len(ready)))
                 if workers == 1:
                     held = [self._run_subtask(run, spec, s, claim) for s in ready]
                 else:
-                    with ThreadPoolExecutor(max_workers=workers,
-                                            thread_name_prefix="treadle-subtask") as pool:
-                        held = [f.result() for f in
-                                [pool.submit(self._run_subtask, run, spec, s, claim)
-                                 for s in ready]]
+                    with ThreadPoolExecutor(
+                        max_workers=workers, thread_name_prefix="treadle-subtask"
+                    ) as pool:
+                        held = [
+                            f.result()
+                            for f in [
+                                pool.submit(self._run_subtask, run, spec, s, claim) for s in ready
+                            ]
+                        ]
                 if not any(held):
                     # Another process took the stage over: it runs the subtasks now, and
                     # spinning on claims that can only fail would never end.
-                    log.warning("%s %s: claim taken over by another process; stopping",
-                                item_id, spec.name)
+                    log.warning(
+                        "%s %s: claim taken over by another process; stopping", item_id, spec.name
+                    )
                     return
                 continue
-            later = [s.next_attempt_at for s in subs
-                     if s.status == SubtaskStatus.PENDING and s.next_attempt_at is not None]
+            later = [
+                s.next_attempt_at
+                for s in subs
+                if s.status == SubtaskStatus.PENDING and s.next_attempt_at is not None
+            ]
             next_due = min(later) if later else None
             if next_due is not None and next_due <= run.deadline:
                 self.clock.sleep((next_due - now).total_seconds())
@@ -520,42 +635,72 @@ class Engine:
             break
         self._settle_fanout(run, spec, subs, claim, next_due)
 
-    def _settle_fanout(self, run: _Run, spec: StageSpec, subs: list[SubtaskRecord], claim: str,
-                       next_due: datetime | None) -> None:
+    def _settle_fanout(
+        self,
+        run: _Run,
+        spec: StageSpec,
+        subs: list[SubtaskRecord],
+        claim: str,
+        next_due: datetime | None,
+    ) -> None:
         status = fanout_stage_status(s.status for s in subs)
         name = spec.name
         if status == StageStatus.COMPLETED:
             self._completed(run, spec, claim, {s.name: s.output for s in subs})
         elif status in (StageStatus.PENDING, StageStatus.RUNNING):
-            self._finish(run, name, claim, StageChange(
-                StageStatus.PENDING, next_attempt_at=next_due), [])
+            self._finish(
+                run, name, claim, StageChange(StageStatus.PENDING, next_attempt_at=next_due), []
+            )
         elif status == StageStatus.AWAITING_REVIEW:
             waiting = [s.name for s in subs if s.status == SubtaskStatus.AWAITING_REVIEW]
-            self._finish(run, name, claim, StageChange(
-                StageStatus.AWAITING_REVIEW, clear=frozenset({"review_prompt", "review_data"})),
-                [])
+            self._finish(
+                run,
+                name,
+                claim,
+                StageChange(
+                    StageStatus.AWAITING_REVIEW, clear=frozenset({"review_prompt", "review_data"})
+                ),
+                [],
+            )
             log.debug("%s %s waits on subtask reviews: %s", run.item.id, name, waiting)
         else:
             bad = [s for s in subs if s.status in (SubtaskStatus.FAILED, SubtaskStatus.REJECTED)]
-            error = (f"{len(bad)} of {len(subs)} subtasks {status.value}: "
-                     + ", ".join(f"{s.name} ({s.error})" for s in bad))
+            error = f"{len(bad)} of {len(subs)} subtasks {status.value}: " + ", ".join(
+                f"{s.name} ({s.error})" for s in bad
+            )
             # A rejection was logged when it was decided; a failure is news.
-            events: list[EventSpec] = [] if status == StageStatus.REJECTED else [
-                (EventKind.STAGE_FAILED, None, {"error": error, "subtasks": [s.name for s in bad]})]
+            events: list[EventSpec] = (
+                []
+                if status == StageStatus.REJECTED
+                else [
+                    (
+                        EventKind.STAGE_FAILED,
+                        None,
+                        {"error": error, "subtasks": [s.name for s in bad]},
+                    )
+                ]
+            )
             self._finish(run, name, claim, StageChange(status, error=error), events)
 
     def _run_subtask(self, run: _Run, spec: StageSpec, sub: SubtaskRecord, claim: str) -> bool:
         """Run one attempt of a subtask; False when the stage's claim is no longer ours."""
         item_id, name = run.item.id, spec.name
         with self.bus.ordered():
-            got = self.store.claim_subtask(item_id, name, sub.name, claim=claim,
-                                           now=self.clock.now())
+            got = self.store.claim_subtask(
+                item_id, name, sub.name, claim=claim, now=self.clock.now()
+            )
             if got is None:
                 return False
             sub, events = got
             self.bus.publish(events)
-        ctx = self._context(run, spec, sub.attempts, subtask=sub.name, subtask_data=sub.data,
-                            with_review=sub.attempt_base > 0)
+        ctx = self._context(
+            run,
+            spec,
+            sub.attempts,
+            subtask=sub.name,
+            subtask_data=sub.data,
+            with_review=sub.attempt_base > 0,
+        )
         change: SubtaskChange
         try:
             outcome = _execute(spec, run.item, ctx)
@@ -566,30 +711,61 @@ class Engine:
             if not failure.final and used < spec.retry.max_attempts:
                 delay = failure.delay if failure.delay is not None else spec.retry.delay(used)
                 due = self.clock.now() + timedelta(seconds=max(delay, 0.0))
-                change = SubtaskChange(SubtaskStatus.PENDING, error=failure.error,
-                                       traceback=failure.tb, next_attempt_at=due,
-                                       clear=frozenset({"traceback"}))
-                evs: list[EventSpec] = [(EventKind.STAGE_RETRYING, sub.name, {
-                    "attempt": used, "error": failure.error, "delay": delay,
-                    "next_attempt_at": iso(due)})]
+                change = SubtaskChange(
+                    SubtaskStatus.PENDING,
+                    error=failure.error,
+                    traceback=failure.tb,
+                    next_attempt_at=due,
+                    clear=frozenset({"traceback"}),
+                )
+                evs: list[EventSpec] = [
+                    (
+                        EventKind.STAGE_RETRYING,
+                        sub.name,
+                        {
+                            "attempt": used,
+                            "error": failure.error,
+                            "delay": delay,
+                            "next_attempt_at": iso(due),
+                        },
+                    )
+                ]
             else:
-                change = SubtaskChange(SubtaskStatus.FAILED, error=failure.error,
-                                       traceback=failure.tb, clear=frozenset({"traceback"}))
-                evs = [(EventKind.SUBTASK_FAILED, sub.name,
-                        {"error": failure.error, "attempts": used})]
+                change = SubtaskChange(
+                    SubtaskStatus.FAILED,
+                    error=failure.error,
+                    traceback=failure.tb,
+                    clear=frozenset({"traceback"}),
+                )
+                evs = [
+                    (EventKind.SUBTASK_FAILED, sub.name, {"error": failure.error, "attempts": used})
+                ]
         else:
             if outcome.kind == OutcomeKind.NEEDS_REVIEW:
                 prompt = outcome.prompt or f"Review {name}/{sub.name} of {item_id}"
-                change = SubtaskChange(SubtaskStatus.AWAITING_REVIEW, review_prompt=prompt,
-                                       review_data=outcome.data,
-                                       clear=frozenset({"error", "traceback"}))
+                change = SubtaskChange(
+                    SubtaskStatus.AWAITING_REVIEW,
+                    review_prompt=prompt,
+                    review_data=outcome.data,
+                    clear=frozenset({"error", "traceback"}),
+                )
                 evs = [(EventKind.REVIEW_REQUIRED, sub.name, {"prompt": prompt})]
             else:
-                change = SubtaskChange(SubtaskStatus.COMPLETED, output=outcome.output,
-                                       clear=frozenset({"error", "traceback", "output"}))
+                change = SubtaskChange(
+                    SubtaskStatus.COMPLETED,
+                    output=outcome.output,
+                    clear=frozenset({"error", "traceback", "output"}),
+                )
                 evs = [(EventKind.SUBTASK_COMPLETED, sub.name, None)]
         with self.bus.ordered():
-            out = self.store.finish_subtask(item_id, name, sub.name, claim=claim, change=change,
-                                            events=evs, now=self.clock.now())
+            out = self.store.finish_subtask(
+                item_id,
+                name,
+                sub.name,
+                claim=claim,
+                change=change,
+                events=evs,
+                now=self.clock.now(),
+            )
             self.bus.publish(out)
         return out is not None

@@ -63,7 +63,11 @@ class PipelineError(TreadleError):
     exit_code = 2
 
     def __init__(
-        self, message: str, *, path: str | None = None, problems: list[str] | None = None,
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        problems: list[str] | None = None,
         hint: str | None = None,
     ) -> None:
         super().__init__(message, hint=hint)

@@ -89,7 +89,10 @@ def derive_item_state(statuses: Iterable[str]) -> ItemState:
     if not present or present <= DONE_STATUSES:
         return ItemState.COMPLETED
     for state in (
-        ItemState.FAILED, ItemState.REJECTED, ItemState.AWAITING_REVIEW, ItemState.RUNNING
+        ItemState.FAILED,
+        ItemState.REJECTED,
+        ItemState.AWAITING_REVIEW,
+        ItemState.RUNNING,
     ):
         if state.value in present:
             return state

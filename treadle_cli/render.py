@@ -23,19 +23,21 @@ from rich.tree import Tree
 from .model import Event, ItemRecord, ReviewData, StageStatus, iso, utcnow
 from .status import PipelineStatus
 
-THEME = Theme({
-    "status.completed": "green",
-    "status.skipped": "dim green",
-    "status.running": "cyan",
-    "status.pending": "dim",
-    "status.awaiting_review": "yellow bold",
-    "status.failed": "red bold",
-    "status.rejected": "magenta bold",
-    "item": "bold",
-    "hint": "dim",
-    "error": "red",
-    "prompt": "yellow",
-})
+THEME = Theme(
+    {
+        "status.completed": "green",
+        "status.skipped": "dim green",
+        "status.running": "cyan",
+        "status.pending": "dim",
+        "status.awaiting_review": "yellow bold",
+        "status.failed": "red bold",
+        "status.rejected": "magenta bold",
+        "item": "bold",
+        "hint": "dim",
+        "error": "red",
+        "prompt": "yellow",
+    }
+)
 
 SYMBOLS = {
     "completed": "✔",
@@ -81,12 +83,15 @@ def _short(value: Any, limit: int = 120) -> str:
 # ------------------------------------------------------------------ one item
 
 
-def status_tree(st: PipelineStatus, *, now: datetime | None = None,
-                outdated: bool = False) -> Tree:
+def status_tree(st: PipelineStatus, *, now: datetime | None = None, outdated: bool = False) -> Tree:
     """The stage → subtask tree of one item."""
     head = Text.assemble(
-        (st.item.id, "item"), "  ", (f"[{st.item.pipeline}]", "hint"), "  ",
-        styled(st.state.value), f"  {st.progress_percent():g}%",
+        (st.item.id, "item"),
+        "  ",
+        (f"[{st.item.pipeline}]", "hint"),
+        "  ",
+        styled(st.state.value),
+        f"  {st.progress_percent():g}%",
     )
     if outdated:
         head.append("  (ran on an older version of the pipeline file)", style="hint")
@@ -109,13 +114,17 @@ def status_tree(st: PipelineStatus, *, now: datetime | None = None,
             if r.review_data is not None:
                 node.add(Text(_short(r.review_data, 300), style="hint"))
             item, stage = shlex.quote(st.item.id), shlex.quote(r.name)
-            node.add(Text(f"treadle approve {item} {stage}   |   "
-                          f"treadle reject {item} {stage} --reason ...", style="hint"))
+            node.add(
+                Text(
+                    f"treadle approve {item} {stage}   |   "
+                    f"treadle reject {item} {stage} --reason ...",
+                    style="hint",
+                )
+            )
         elif view.decision is not None:
             d = view.decision
             why = f": {d.reason}" if d.reason else (f": {d.comment}" if d.comment else "")
-            node.add(Text(f"{d.decision.value} by {d.by} {age(d.at, now)} ago{why}",
-                          style="hint"))
+            node.add(Text(f"{d.decision.value} by {d.by} {age(d.at, now)} ago{why}", style="hint"))
         for sub in view.subtasks:
             s = Text.assemble(sub.name, "  ", styled(sub.status.value))
             if sub.attempts > 1:
@@ -130,8 +139,9 @@ def status_tree(st: PipelineStatus, *, now: datetime | None = None,
     return tree
 
 
-def status_lines(st: PipelineStatus, *, now: datetime | None = None,
-                 outdated: bool = False) -> list[str]:
+def status_lines(
+    st: PipelineStatus, *, now: datetime | None = None, outdated: bool = False
+) -> list[str]:
     """The same as :func:`status_tree`, as grep-able lines: ``item stage[/subtask] status``."""
     note = " (older pipeline version)" if outdated else ""
     lines = [f"{st.item.id} {st.item.pipeline} {st.state.value} {st.progress_percent():g}%{note}"]
@@ -167,9 +177,13 @@ def items_table(rows: Iterable[ItemRecord], *, title: str | None = None) -> Tabl
     now = utcnow()
     for r in rows:
         table.add_row(
-            Text(r.id, style="item"), Text(r.pipeline),
-            ProgressBar(total=100, completed=r.progress, width=16), f"{r.progress:g}%",
-            styled(r.state.value), escape(r.waiting_on or ""), age(r.updated_at, now),
+            Text(r.id, style="item"),
+            Text(r.pipeline),
+            ProgressBar(total=100, completed=r.progress, width=16),
+            f"{r.progress:g}%",
+            styled(r.state.value),
+            escape(r.waiting_on or ""),
+            age(r.updated_at, now),
         )
     return table
 
@@ -191,10 +205,14 @@ def counts_table(counts: Mapping[str, Mapping[str, int]], order: list[str] | Non
     return table
 
 
-def counts_lines(counts: Mapping[str, Mapping[str, int]], order: list[str] | None = None
-                 ) -> list[str]:
-    return [f"count {name} {state} {n}" for name in (order or sorted(counts))
-            for state, n in sorted(counts.get(name, {}).items())]
+def counts_lines(
+    counts: Mapping[str, Mapping[str, int]], order: list[str] | None = None
+) -> list[str]:
+    return [
+        f"count {name} {state} {n}"
+        for name in (order or sorted(counts))
+        for state, n in sorted(counts.get(name, {}).items())
+    ]
 
 
 def summary_text(item_counts: Mapping[str, int]) -> str:
@@ -213,9 +231,13 @@ def reviews_table(rows: list[dict[str, Any]]) -> Table:
     now = utcnow()
     for r in rows:
         target = r["stage"] + (f"/{r['subtask']}" if r["subtask"] else "")
-        table.add_row(Text(r["item"], style="item"), Text(target), age(r["requested_at"], now),
-                      Text(r["prompt"] or "", style="prompt"),
-                      escape(_short(r["data"], 200)) if r["data"] is not None else "")
+        table.add_row(
+            Text(r["item"], style="item"),
+            Text(target),
+            age(r["requested_at"], now),
+            Text(r["prompt"] or "", style="prompt"),
+            escape(_short(r["data"], 200)) if r["data"] is not None else "",
+        )
     return table
 
 
@@ -236,8 +258,9 @@ def history_table(events: list[Event], decisions: list[ReviewData]) -> Group:
         table.add_column(col, overflow="fold")
     for ev in events:
         target = (ev.stage or "") + (f"/{ev.subtask}" if ev.subtask else "")
-        table.add_row(str(ev.id), iso(ev.ts) or "", ev.kind.value, Text(target),
-                      escape(_event_detail(ev)))
+        table.add_row(
+            str(ev.id), iso(ev.ts) or "", ev.kind.value, Text(target), escape(_event_detail(ev))
+        )
     parts: list[Any] = [table]
     if decisions:
         dt = Table(title="decisions", show_edge=False)
@@ -246,8 +269,13 @@ def history_table(events: list[Event], decisions: list[ReviewData]) -> Group:
         for d in decisions:
             target = d.stage + (f"/{d.subtask}" if d.subtask else "")
             # Cells are Text, not markup: names and `--by` are user text ("[/]" must not crash).
-            dt.add_row(iso(d.at) or "", Text(target), _decision_text(d.decision.value),
-                       Text(d.by), escape(d.reason or d.comment or ""))
+            dt.add_row(
+                iso(d.at) or "",
+                Text(target),
+                _decision_text(d.decision.value),
+                Text(d.by),
+                escape(d.reason or d.comment or ""),
+            )
         parts.append(dt)
     return Group(*parts)
 
@@ -261,7 +289,8 @@ def event_line(ev: Event) -> str:
     target = (ev.stage or "-") + (f"/{ev.subtask}" if ev.subtask else "")
     detail = _event_detail(ev)
     return f"{ev.id} {iso(ev.ts)} {ev.item_id} {ev.kind.value} {target}" + (
-        f" {detail}" if detail else "")
+        f" {detail}" if detail else ""
+    )
 
 
 def decision_line(d: ReviewData) -> str:

@@ -44,8 +44,11 @@ class StageView:
         r = self.record
         review = None
         if r.status == StageStatus.AWAITING_REVIEW and r.review_prompt is not None:
-            review = {"prompt": r.review_prompt, "data": r.review_data,
-                      "requested_at": iso(r.requested_at)}
+            review = {
+                "prompt": r.review_prompt,
+                "data": r.review_data,
+                "requested_at": iso(r.requested_at),
+            }
         elif self.decision is not None:
             review = self.decision.to_json()
         return {
@@ -59,10 +62,18 @@ class StageView:
             "started_at": iso(r.started_at),
             "finished_at": iso(r.finished_at),
             "subtasks": [
-                {"name": s.name, "status": s.status.value, "attempts": s.attempts,
-                 "error": s.error, "next_attempt_at": iso(s.next_attempt_at),
-                 "review": ({"prompt": s.review_prompt, "data": s.review_data}
-                            if s.review_prompt is not None else None)}
+                {
+                    "name": s.name,
+                    "status": s.status.value,
+                    "attempts": s.attempts,
+                    "error": s.error,
+                    "next_attempt_at": iso(s.next_attempt_at),
+                    "review": (
+                        {"prompt": s.review_prompt, "data": s.review_data}
+                        if s.review_prompt is not None
+                        else None
+                    ),
+                }
                 for s in self.subtasks
             ],
         }
@@ -140,8 +151,10 @@ class PipelineStatus:
         }
 
     def __str__(self) -> str:
-        lines = [f"{self.item.id} [{self.item.pipeline}] {self.item.state.value} "
-                 f"{self.progress_percent():g}%"]
+        lines = [
+            f"{self.item.id} [{self.item.pipeline}] {self.item.state.value} "
+            f"{self.progress_percent():g}%"
+        ]
         for s in self.stages:
             extra = f" (attempts {s.attempts})" if s.attempts > 1 else ""
             if s.record.error:

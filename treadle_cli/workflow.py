@@ -9,8 +9,8 @@ from typing import Any
 
 from . import decisions
 from .engine import DEFAULT_LEASE, Engine
-from .events import EventBus, Subscription
 from .errors import PipelineError
+from .events import EventBus, Subscription
 from .model import Clock, Event, RetryPolicy, Stage, SystemClock, WorkItem
 from .pipeline import Pipeline, StageSpec, build_pipeline, load_pipeline
 from .status import PipelineStatus, load_status
@@ -28,8 +28,14 @@ class WorkflowBuilder:
         self._deps: list[tuple[str, str]] = []
 
     def stage(
-        self, name: str, impl: Stage | Callable[..., Any], *, needs: str | list[str] = (),
-        retry: RetryPolicy | None = None, timeout: float | None = None, concurrency: int = 4,
+        self,
+        name: str,
+        impl: Stage | Callable[..., Any],
+        *,
+        needs: str | list[str] = (),
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        concurrency: int = 4,
         review: bool = False,
     ) -> WorkflowBuilder:
         """Add a stage: a ``Stage`` instance or a function ``(item, ctx)``."""
@@ -41,8 +47,13 @@ class WorkflowBuilder:
             impl = impl()
         if isinstance(impl, Stage) and not impl.name:
             impl.name = name
-        self._specs[name] = {"impl": impl, "retry": retry or RetryPolicy(), "timeout": timeout,
-                             "concurrency": concurrency, "review": review}
+        self._specs[name] = {
+            "impl": impl,
+            "retry": retry or RetryPolicy(),
+            "timeout": timeout,
+            "concurrency": concurrency,
+            "review": review,
+        }
         for dep in [needs] if isinstance(needs, str) else needs:
             self._deps.append((name, dep))
         return self
@@ -65,8 +76,10 @@ class WorkflowBuilder:
         specs += [StageSpec(name=n, impl=self._specs[n]["impl"]) for n in self._duplicates]
         if orphans:
             names = ", ".join(sorted({stage for stage, _ in orphans}))
-            raise PipelineError(f"dependency declared for unknown stage(s): {names}",
-                                hint="add the stage with .stage(name, impl) first")
+            raise PipelineError(
+                f"dependency declared for unknown stage(s): {names}",
+                hint="add the stage with .stage(name, impl) first",
+            )
         canonical = "\n".join(f"{s.name}<-{','.join(s.needs)}" for s in specs)
         digest = hashlib.sha256(f"{self._name}\n{canonical}".encode()).hexdigest()
         pipeline = build_pipeline(self._name, specs, hash=digest)
@@ -76,8 +89,9 @@ class WorkflowBuilder:
 class Workflow:
     """A pipeline bound to a clock and an event bus; the store is passed to each call."""
 
-    def __init__(self, pipeline: Pipeline, *, clock: Clock | None = None,
-                 lease: float = DEFAULT_LEASE) -> None:
+    def __init__(
+        self, pipeline: Pipeline, *, clock: Clock | None = None, lease: float = DEFAULT_LEASE
+    ) -> None:
         self.pipeline = pipeline
         self.clock: Clock = clock or SystemClock()
         self.bus = EventBus()
@@ -99,8 +113,9 @@ class Workflow:
     def _engine(self, store: StateStore) -> Engine:
         return Engine(self.pipeline, store, self.clock, self.bus, self.lease)
 
-    def advance(self, item: WorkItem | str, store: StateStore, *, data: Any = None,
-                wait: float = 60.0) -> PipelineStatus:
+    def advance(
+        self, item: WorkItem | str, store: StateStore, *, data: Any = None, wait: float = 60.0
+    ) -> PipelineStatus:
         """Register ``item`` if new, then run every ready stage until nothing is ready.
 
         A failed, rejected or waiting stage is a state in the result, never an exception.
@@ -109,20 +124,43 @@ class Workflow:
         return self._engine(store).advance(item, data=data, wait=wait)
 
     def approve_review(
-        self, item_id: str, stage: str, store: StateStore, *, by: str | None = None,
-        comment: str | None = None, output: Any = None, subtask: str | None = None,
+        self,
+        item_id: str,
+        stage: str,
+        store: StateStore,
+        *,
+        by: str | None = None,
+        comment: str | None = None,
+        output: Any = None,
+        subtask: str | None = None,
     ) -> decisions.DecisionResult:
         """Approve what awaits review; ``output`` replaces what downstream stages see."""
-        return decisions.approve(store, item_id, stage, subtask=subtask, by=by, comment=comment,
-                                 output=output, clock=self.clock, bus=self.bus)
+        return decisions.approve(
+            store,
+            item_id,
+            stage,
+            subtask=subtask,
+            by=by,
+            comment=comment,
+            output=output,
+            clock=self.clock,
+            bus=self.bus,
+        )
 
     def reject_review(
-        self, item_id: str, stage: str, reason: str, store: StateStore, *,
-        by: str | None = None, subtask: str | None = None,
+        self,
+        item_id: str,
+        stage: str,
+        reason: str,
+        store: StateStore,
+        *,
+        by: str | None = None,
+        subtask: str | None = None,
     ) -> decisions.DecisionResult:
         """Reject what awaits review; a reason is required."""
-        return decisions.reject(store, item_id, stage, reason, subtask=subtask, by=by,
-                                clock=self.clock, bus=self.bus)
+        return decisions.reject(
+            store, item_id, stage, reason, subtask=subtask, by=by, clock=self.clock, bus=self.bus
+        )
 
     def retry(self, item_id: str, stage: str, store: StateStore) -> list[Event]:
         """Make a failed or rejected stage pending again; completed subtasks stay done."""

@@ -46,33 +46,80 @@ class StateStore(Protocol):
     """What the engine needs from a store. Every mutating call is one atomic transaction."""
 
     def register_item(
-        self, item_id: str, pipeline: str, data: Any, path: str | None, pipeline_hash: str | None,
-        stages: Sequence[str], now: datetime,
+        self,
+        item_id: str,
+        pipeline: str,
+        data: Any,
+        path: str | None,
+        pipeline_hash: str | None,
+        stages: Sequence[str],
+        now: datetime,
     ) -> tuple[ItemRecord, list[Event]]: ...
     def sync_stages(
-        self, item_id: str, stages: Sequence[str], path: str | None, pipeline_hash: str | None,
+        self,
+        item_id: str,
+        stages: Sequence[str],
+        path: str | None,
+        pipeline_hash: str | None,
         now: datetime,
     ) -> list[Event]: ...
     def claim_stage(
-        self, item_id: str, stage: str, *, expected: StageRecord, claim: str, owner: Owner,
-        now: datetime, lease_until: datetime | None,
+        self,
+        item_id: str,
+        stage: str,
+        *,
+        expected: StageRecord,
+        claim: str,
+        owner: Owner,
+        now: datetime,
+        lease_until: datetime | None,
     ) -> tuple[StageRecord, list[Event]] | None: ...
     def finish_stage(
-        self, item_id: str, stage: str, *, claim: str, change: StageChange,
-        events: Sequence[EventSpec], now: datetime,
+        self,
+        item_id: str,
+        stage: str,
+        *,
+        claim: str,
+        change: StageChange,
+        events: Sequence[EventSpec],
+        now: datetime,
     ) -> list[Event] | None: ...
     def add_subtasks(
-        self, item_id: str, stage: str, *, claim: str, subtasks: Sequence[SubTask], now: datetime,
+        self,
+        item_id: str,
+        stage: str,
+        *,
+        claim: str,
+        subtasks: Sequence[SubTask],
+        now: datetime,
     ) -> list[Event] | None: ...
     def claim_subtask(
-        self, item_id: str, stage: str, name: str, *, claim: str, now: datetime,
+        self,
+        item_id: str,
+        stage: str,
+        name: str,
+        *,
+        claim: str,
+        now: datetime,
     ) -> tuple[SubtaskRecord, list[Event]] | None: ...
     def finish_subtask(
-        self, item_id: str, stage: str, name: str, *, claim: str, change: SubtaskChange,
-        events: Sequence[EventSpec], now: datetime,
+        self,
+        item_id: str,
+        stage: str,
+        name: str,
+        *,
+        claim: str,
+        change: SubtaskChange,
+        events: Sequence[EventSpec],
+        now: datetime,
     ) -> list[Event] | None: ...
     def decide(
-        self, item_id: str, stage: str, subtask: str | None, decision: ReviewData, now: datetime,
+        self,
+        item_id: str,
+        stage: str,
+        subtask: str | None,
+        decision: ReviewData,
+        now: datetime,
     ) -> tuple[bool, list[Event]]: ...
     def reset_stage(self, item_id: str, stage: str, now: datetime) -> list[Event]: ...
 
@@ -88,8 +135,12 @@ class StateStore(Protocol):
     ) -> list[Event]: ...
     def last_event_id(self) -> int: ...
     def list_items(
-        self, *, pipeline: str | None = None, states: Sequence[str] | None = None,
-        limit: int | None = None, offset: int = 0,
+        self,
+        *,
+        pipeline: str | None = None,
+        states: Sequence[str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[ItemRecord]: ...
     def count_items(
         self, *, pipeline: str | None = None, states: Sequence[str] | None = None
@@ -112,6 +163,7 @@ class Tx(Protocol):
     def active_stages(self, item_id: str) -> list[tuple[str, str, datetime | None]]:
         """(name, status, next_attempt_at) of the item's active stages, in pipeline order."""
         ...
+
     def get_subtask(self, item_id: str, stage: str, name: str) -> SubtaskRecord | None: ...
     def list_subtasks(self, item_id: str, stage: str) -> list[SubtaskRecord]: ...
     def insert_subtask(self, rec: SubtaskRecord) -> None: ...
@@ -126,8 +178,7 @@ _CLAIM_FIELDS = ("claim", "owner_host", "owner_pid", "owner_started", "lease_unt
 
 def _apply_change(rec: Any, change: StageChange | SubtaskChange) -> None:
     rec.status = change.status
-    for name in ("error", "traceback", "output", "review_prompt", "review_data",
-                 "next_attempt_at"):
+    for name in ("error", "traceback", "output", "review_prompt", "review_data", "next_attempt_at"):
         value = getattr(change, name)
         if value is not None:
             setattr(rec, name, value)
@@ -143,8 +194,16 @@ class TransactionalStore:
 
     # ----------------------------------------------------------------- helpers
 
-    def _event(self, tx: Tx, kind: EventKind, item_id: str, stage: str | None,
-               subtask: str | None, data: dict[str, Any] | None, now: datetime) -> Event:
+    def _event(
+        self,
+        tx: Tx,
+        kind: EventKind,
+        item_id: str,
+        stage: str | None,
+        subtask: str | None,
+        data: dict[str, Any] | None,
+        now: datetime,
+    ) -> Event:
         return tx.insert_event(Event(kind, item_id, stage, subtask, data, ts=now))
 
     def _refresh_item(self, tx: Tx, item_id: str, now: datetime, out: list[Event]) -> None:
@@ -163,7 +222,9 @@ class TransactionalStore:
             item.waiting_on = waiting
             tx.update_item(item)
             if state == ItemState.COMPLETED and not was_complete:
-                out.append(self._event(tx, EventKind.ITEM_COMPLETED, item_id, None, None, None, now))
+                out.append(
+                    self._event(tx, EventKind.ITEM_COMPLETED, item_id, None, None, None, now)
+                )
 
     def _require_stage(self, tx: Tx, item_id: str, stage: str) -> StageRecord:
         rec = tx.get_stage(item_id, stage)
@@ -177,27 +238,47 @@ class TransactionalStore:
     # -------------------------------------------------------------- operations
 
     def register_item(
-        self, item_id: str, pipeline: str, data: Any, path: str | None, pipeline_hash: str | None,
-        stages: Sequence[str], now: datetime,
+        self,
+        item_id: str,
+        pipeline: str,
+        data: Any,
+        path: str | None,
+        pipeline_hash: str | None,
+        stages: Sequence[str],
+        now: datetime,
     ) -> tuple[ItemRecord, list[Event]]:
         """Create the item with every stage pending; an existing item is returned untouched."""
         with self._tx() as tx:
             existing = tx.get_item(item_id)
             if existing is not None:
                 return existing, []
-            rec = ItemRecord(item_id, pipeline, data, path, pipeline_hash,
-                             ItemState.PENDING, 0.0, now, now)
+            rec = ItemRecord(
+                item_id, pipeline, data, path, pipeline_hash, ItemState.PENDING, 0.0, now, now
+            )
             tx.insert_item(rec)
             for i, name in enumerate(stages):
                 tx.insert_stage(StageRecord(item_id, name, StageStatus.PENDING, i, updated_at=now))
-            out = [self._event(tx, EventKind.ITEM_REGISTERED, item_id, None, None,
-                               {"pipeline": pipeline, "path": path}, now)]
+            out = [
+                self._event(
+                    tx,
+                    EventKind.ITEM_REGISTERED,
+                    item_id,
+                    None,
+                    None,
+                    {"pipeline": pipeline, "path": path},
+                    now,
+                )
+            ]
             self._refresh_item(tx, item_id, now, out)
             # Return the row as stored: refreshing may have changed it (no stages: completed).
             return tx.get_item(item_id) or rec, out
 
     def sync_stages(
-        self, item_id: str, stages: Sequence[str], path: str | None, pipeline_hash: str | None,
+        self,
+        item_id: str,
+        stages: Sequence[str],
+        path: str | None,
+        pipeline_hash: str | None,
         now: datetime,
     ) -> list[Event]:
         """Match the item's stage rows to a (changed) pipeline: add new, deactivate removed."""
@@ -222,8 +303,15 @@ class TransactionalStore:
             return out
 
     def claim_stage(
-        self, item_id: str, stage: str, *, expected: StageRecord, claim: str, owner: Owner,
-        now: datetime, lease_until: datetime | None,
+        self,
+        item_id: str,
+        stage: str,
+        *,
+        expected: StageRecord,
+        claim: str,
+        owner: Owner,
+        now: datetime,
+        lease_until: datetime | None,
     ) -> tuple[StageRecord, list[Event]] | None:
         """Compare-and-set ``expected`` (status and claim) to running under ``claim``."""
         with self._tx() as tx:
@@ -232,9 +320,7 @@ class TransactionalStore:
                 return None
             check_transition("stage", rec.status, StageStatus.RUNNING)
             takeover = rec.status == StageStatus.RUNNING
-            previous = (
-                {"previous_owner": f"{rec.owner_host}:{rec.owner_pid}"} if takeover else {}
-            )
+            previous = {"previous_owner": f"{rec.owner_host}:{rec.owner_pid}"} if takeover else {}
             if not rec.fanned_out:
                 rec.attempts += 1
             rec.status, rec.claim = StageStatus.RUNNING, claim
@@ -242,15 +328,24 @@ class TransactionalStore:
             rec.lease_until, rec.started_at, rec.updated_at = lease_until, now, now
             rec.next_attempt_at = None
             tx.update_stage(rec)
-            data = {"attempt": rec.attempts - rec.attempt_base, "owner": f"{owner.host}:{owner.pid}",
-                    **previous}
+            data = {
+                "attempt": rec.attempts - rec.attempt_base,
+                "owner": f"{owner.host}:{owner.pid}",
+                **previous,
+            }
             out = [self._event(tx, EventKind.STAGE_STARTED, item_id, stage, None, data, now)]
             self._refresh_item(tx, item_id, now, out)
             return rec, out
 
     def finish_stage(
-        self, item_id: str, stage: str, *, claim: str, change: StageChange,
-        events: Sequence[EventSpec], now: datetime,
+        self,
+        item_id: str,
+        stage: str,
+        *,
+        claim: str,
+        change: StageChange,
+        events: Sequence[EventSpec],
+        now: datetime,
     ) -> list[Event] | None:
         """Write the result of a run we still hold; ``None`` if our claim was taken over."""
         with self._tx() as tx:
@@ -267,13 +362,20 @@ class TransactionalStore:
             if change.status != StageStatus.PENDING:
                 rec.finished_at = now
             tx.update_stage(rec)
-            out = [self._event(tx, kind, item_id, stage, sub, data, now)
-                   for kind, sub, data in events]
+            out = [
+                self._event(tx, kind, item_id, stage, sub, data, now) for kind, sub, data in events
+            ]
             self._refresh_item(tx, item_id, now, out)
             return out
 
     def add_subtasks(
-        self, item_id: str, stage: str, *, claim: str, subtasks: Sequence[SubTask], now: datetime,
+        self,
+        item_id: str,
+        stage: str,
+        *,
+        claim: str,
+        subtasks: Sequence[SubTask],
+        now: datetime,
     ) -> list[Event] | None:
         """Record a fan-out. Subtasks that exist already keep their state and results."""
         with self._tx() as tx:
@@ -288,15 +390,30 @@ class TransactionalStore:
                         old.position = i
                         tx.update_subtask(old)
                     continue
-                tx.insert_subtask(SubtaskRecord(item_id, stage, sub.name, SubtaskStatus.PENDING, i,
-                                                data=sub.data, updated_at=now))
+                tx.insert_subtask(
+                    SubtaskRecord(
+                        item_id,
+                        stage,
+                        sub.name,
+                        SubtaskStatus.PENDING,
+                        i,
+                        data=sub.data,
+                        updated_at=now,
+                    )
+                )
             rec.fanned_out, rec.updated_at = True, now
             tx.update_stage(rec)
             data = {"subtasks": [s.name for s in subtasks]}
             return [self._event(tx, EventKind.FAN_OUT, item_id, stage, None, data, now)]
 
     def claim_subtask(
-        self, item_id: str, stage: str, name: str, *, claim: str, now: datetime,
+        self,
+        item_id: str,
+        stage: str,
+        name: str,
+        *,
+        claim: str,
+        now: datetime,
     ) -> tuple[SubtaskRecord, list[Event]] | None:
         """Start a pending subtask, or restart one a dead owner left running."""
         with self._tx() as tx:
@@ -316,8 +433,15 @@ class TransactionalStore:
             return sub, [ev]
 
     def finish_subtask(
-        self, item_id: str, stage: str, name: str, *, claim: str, change: SubtaskChange,
-        events: Sequence[EventSpec], now: datetime,
+        self,
+        item_id: str,
+        stage: str,
+        name: str,
+        *,
+        claim: str,
+        change: SubtaskChange,
+        events: Sequence[EventSpec],
+        now: datetime,
     ) -> list[Event] | None:
         with self._tx() as tx:
             rec = tx.get_stage(item_id, stage)
@@ -337,7 +461,12 @@ class TransactionalStore:
             return [self._event(tx, kind, item_id, stage, s, data, now) for kind, s, data in events]
 
     def decide(
-        self, item_id: str, stage: str, subtask: str | None, decision: ReviewData, now: datetime,
+        self,
+        item_id: str,
+        stage: str,
+        subtask: str | None,
+        decision: ReviewData,
+        now: datetime,
     ) -> tuple[bool, list[Event]]:
         """Approve or reject what awaits review. Returns (changed, events).
 
@@ -351,12 +480,16 @@ class TransactionalStore:
                 sub = tx.get_subtask(item_id, stage, subtask)
                 if sub is None:
                     names = [s.name for s in tx.list_subtasks(item_id, stage)]
-                    raise UnknownStageError(item_id, f"{stage}/{subtask}",
-                                            known=[f"{stage}/{n}" for n in names] or None)
+                    raise UnknownStageError(
+                        item_id, f"{stage}/{subtask}", known=[f"{stage}/{n}" for n in names] or None
+                    )
                 target = sub
             elif rec.fanned_out and rec.status == StageStatus.AWAITING_REVIEW:
-                waiting = [s.name for s in tx.list_subtasks(item_id, stage)
-                           if s.status == SubtaskStatus.AWAITING_REVIEW]
+                waiting = [
+                    s.name
+                    for s in tx.list_subtasks(item_id, stage)
+                    if s.status == SubtaskStatus.AWAITING_REVIEW
+                ]
                 if waiting:
                     raise ConflictError(
                         f"{item_id} {stage} waits on its subtasks, not on a decision of its own",
@@ -367,7 +500,11 @@ class TransactionalStore:
             if target.status != StageStatus.AWAITING_REVIEW:
                 last = tx.last_decision(item_id, stage, subtask)
                 done = StageStatus.COMPLETED if approve else StageStatus.REJECTED
-                if last is not None and last.decision == decision.decision and target.status == done:
+                if (
+                    last is not None
+                    and last.decision == decision.decision
+                    and target.status == done
+                ):
                     return False, []
                 raise ConflictError(
                     f"{where} is {target.status}, not awaiting review",
@@ -398,15 +535,19 @@ class TransactionalStore:
                 target.status = SubtaskStatus(target.status)
                 tx.update_subtask(target)
                 if approve:
-                    out.append(self._event(tx, EventKind.SUBTASK_COMPLETED, item_id, stage,
-                                           subtask, None, now))
+                    out.append(
+                        self._event(
+                            tx, EventKind.SUBTASK_COMPLETED, item_id, stage, subtask, None, now
+                        )
+                    )
                 self._follow_subtasks(tx, rec, now)
             else:
                 target.status = StageStatus(target.status)
                 tx.update_stage(target)
                 if approve:
-                    out.append(self._event(tx, EventKind.STAGE_COMPLETED, item_id, stage, None,
-                                           None, now))
+                    out.append(
+                        self._event(tx, EventKind.STAGE_COMPLETED, item_id, stage, None, None, now)
+                    )
             self._refresh_item(tx, item_id, now, out)
             return True, out
 

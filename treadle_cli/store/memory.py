@@ -51,8 +51,10 @@ class _MemoryTx:
     update_stage = insert_stage
 
     def active_stages(self, item_id: str) -> list[tuple[str, str, datetime | None]]:
-        rows = sorted((r for (i, _), r in self.s._stages.items() if i == item_id and r.active),
-                      key=lambda r: r.position)
+        rows = sorted(
+            (r for (i, _), r in self.s._stages.items() if i == item_id and r.active),
+            key=lambda r: r.position,
+        )
         return [(r.name, r.status, r.next_attempt_at) for r in rows]
 
     def get_subtask(self, item_id: str, stage: str, name: str) -> SubtaskRecord | None:
@@ -60,8 +62,11 @@ class _MemoryTx:
         return copy.deepcopy(rec) if rec else None
 
     def list_subtasks(self, item_id: str, stage: str) -> list[SubtaskRecord]:
-        rows = [copy.deepcopy(r) for (i, st, _), r in self.s._subtasks.items()
-                if i == item_id and st == stage]
+        rows = [
+            copy.deepcopy(r)
+            for (i, st, _), r in self.s._subtasks.items()
+            if i == item_id and st == stage
+        ]
         return sorted(rows, key=lambda r: r.position)
 
     def insert_subtask(self, rec: SubtaskRecord) -> None:
@@ -113,8 +118,11 @@ class MemoryStateStore(TransactionalStore):
 
     def get_subtasks(self, item_id: str, stage: str | None = None) -> list[SubtaskRecord]:
         with self._lock:
-            rows = [copy.deepcopy(r) for (i, st, _), r in self._subtasks.items()
-                    if i == item_id and (stage is None or st == stage)]
+            rows = [
+                copy.deepcopy(r)
+                for (i, st, _), r in self._subtasks.items()
+                if i == item_id and (stage is None or st == stage)
+            ]
             order = {s.name: s.position for s in self._stages.values() if s.item_id == item_id}
             return sorted(rows, key=lambda r: (order.get(r.stage, 0), r.position))
 
@@ -140,13 +148,19 @@ class MemoryStateStore(TransactionalStore):
             return len(self._events)
 
     def _matching(self, pipeline: str | None, states: Sequence[str] | None) -> list[ItemRecord]:
-        return [r for r in self._items.values()
-                if (pipeline is None or r.pipeline == pipeline)
-                and (not states or r.state in states)]
+        return [
+            r
+            for r in self._items.values()
+            if (pipeline is None or r.pipeline == pipeline) and (not states or r.state in states)
+        ]
 
     def list_items(
-        self, *, pipeline: str | None = None, states: Sequence[str] | None = None,
-        limit: int | None = None, offset: int = 0,
+        self,
+        *,
+        pipeline: str | None = None,
+        states: Sequence[str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[ItemRecord]:
         with self._lock:
             rows = sorted(self._matching(pipeline, states), key=lambda r: (r.created_at, r.id))
@@ -180,8 +194,11 @@ class MemoryStateStore(TransactionalStore):
                 item = self._items[rec.item_id]
                 if pipeline is not None and item.pipeline != pipeline:
                     continue
-                if (rec.active and rec.status == StageStatus.AWAITING_REVIEW
-                        and rec.review_prompt is not None):
+                if (
+                    rec.active
+                    and rec.status == StageStatus.AWAITING_REVIEW
+                    and rec.review_prompt is not None
+                ):
                     out.append(_review_row(rec, None))
             for sub in self._subtasks.values():
                 item = self._items[sub.item_id]

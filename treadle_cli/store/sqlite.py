@@ -40,22 +40,89 @@ SCHEMA_VERSION = 1
 APPLICATION_ID = 0x7472646C
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
-ITEM_COLS = ("id", "pipeline", "data", "pipeline_path", "pipeline_hash", "state", "progress",
-             "created_at", "updated_at", "waiting_on")
-STAGE_COLS = ("item_id", "name", "status", "position", "active", "attempts", "attempt_base",
-              "error", "traceback", "output", "review_prompt", "review_data", "requested_at",
-              "next_attempt_at", "fanned_out", "claim", "owner_host", "owner_pid",
-              "owner_started", "lease_until", "started_at", "finished_at", "updated_at")
-SUBTASK_COLS = ("item_id", "stage", "name", "status", "position", "data", "attempts",
-                "attempt_base", "error", "traceback", "output", "review_prompt", "review_data",
-                "requested_at", "next_attempt_at", "started_at", "finished_at", "updated_at")
-DECISION_COLS = ("id", "item_id", "stage", "subtask", "decision", "by", "at", "reason",
-                 "comment", "output")
+ITEM_COLS = (
+    "id",
+    "pipeline",
+    "data",
+    "pipeline_path",
+    "pipeline_hash",
+    "state",
+    "progress",
+    "created_at",
+    "updated_at",
+    "waiting_on",
+)
+STAGE_COLS = (
+    "item_id",
+    "name",
+    "status",
+    "position",
+    "active",
+    "attempts",
+    "attempt_base",
+    "error",
+    "traceback",
+    "output",
+    "review_prompt",
+    "review_data",
+    "requested_at",
+    "next_attempt_at",
+    "fanned_out",
+    "claim",
+    "owner_host",
+    "owner_pid",
+    "owner_started",
+    "lease_until",
+    "started_at",
+    "finished_at",
+    "updated_at",
+)
+SUBTASK_COLS = (
+    "item_id",
+    "stage",
+    "name",
+    "status",
+    "position",
+    "data",
+    "attempts",
+    "attempt_base",
+    "error",
+    "traceback",
+    "output",
+    "review_prompt",
+    "review_data",
+    "requested_at",
+    "next_attempt_at",
+    "started_at",
+    "finished_at",
+    "updated_at",
+)
+DECISION_COLS = (
+    "id",
+    "item_id",
+    "stage",
+    "subtask",
+    "decision",
+    "by",
+    "at",
+    "reason",
+    "comment",
+    "output",
+)
 EVENT_COLS = ("id", "ts", "kind", "item_id", "stage", "subtask", "data")
 
 _JSON = {"data", "output", "review_data"}
-_TIME = {"created_at", "updated_at", "requested_at", "next_attempt_at", "lease_until",
-         "started_at", "finished_at", "at", "ts"}
+_TIME = {
+    "created_at",
+    "updated_at",
+    "requested_at",
+    "next_attempt_at",
+    "lease_until",
+    "started_at",
+    "finished_at",
+    "at",
+    "ts",
+}
 _BOOL = {"active", "fanned_out"}
 
 
@@ -110,15 +177,31 @@ def _subtask(row: Sequence[Any]) -> SubtaskRecord:
 
 def _decision(row: Sequence[Any]) -> ReviewData:
     d = _from_db(DECISION_COLS, row)
-    return ReviewData(decision=DecisionKind(d["decision"]), by=d["by"], at=d["at"],
-                      reason=d["reason"], comment=d["comment"], output=d["output"],
-                      item_id=d["item_id"], stage=d["stage"], subtask=d["subtask"], id=d["id"])
+    return ReviewData(
+        decision=DecisionKind(d["decision"]),
+        by=d["by"],
+        at=d["at"],
+        reason=d["reason"],
+        comment=d["comment"],
+        output=d["output"],
+        item_id=d["item_id"],
+        stage=d["stage"],
+        subtask=d["subtask"],
+        id=d["id"],
+    )
 
 
 def _event(row: Sequence[Any]) -> Event:
     d = _from_db(EVENT_COLS, row)
-    return Event(EventKind(d["kind"]), d["item_id"], d["stage"], d["subtask"], d["data"],
-                 id=d["id"], ts=d["ts"])
+    return Event(
+        EventKind(d["kind"]),
+        d["item_id"],
+        d["stage"],
+        d["subtask"],
+        d["data"],
+        id=d["id"],
+        ts=d["ts"],
+    )
 
 
 def _select(table: str, cols: Sequence[str]) -> str:
@@ -192,8 +275,9 @@ class _SqliteTx:
         self.c.execute(_SQL["update_stage"], _values(rec, STAGE_COLS, ("item_id", "name")))
 
     def active_stages(self, item_id: str) -> list[tuple[str, str, datetime | None]]:
-        return [(n, s, parse_ts(t))
-                for n, s, t in self.c.execute(_SQL["active_stages"], (item_id,))]
+        return [
+            (n, s, parse_ts(t)) for n, s, t in self.c.execute(_SQL["active_stages"], (item_id,))
+        ]
 
     def get_subtask(self, item_id: str, stage: str, name: str) -> SubtaskRecord | None:
         row = self.c.execute(_SQL["get_subtask"], (item_id, stage, name)).fetchone()
@@ -206,21 +290,44 @@ class _SqliteTx:
         self.c.execute(_SQL["insert_subtask"], _values(rec, SUBTASK_COLS))
 
     def update_subtask(self, rec: SubtaskRecord) -> None:
-        self.c.execute(_SQL["update_subtask"],
-                       _values(rec, SUBTASK_COLS, ("item_id", "stage", "name")))
+        self.c.execute(
+            _SQL["update_subtask"], _values(rec, SUBTASK_COLS, ("item_id", "stage", "name"))
+        )
 
     def insert_event(self, ev: Event) -> Event:
-        cur = self.c.execute(_SQL["insert_event"], (
-            iso(ev.ts), ev.kind.value, ev.item_id, ev.stage, ev.subtask, _dump(ev.data)))
-        return Event(ev.kind, ev.item_id, ev.stage, ev.subtask, ev.data, id=cur.lastrowid,
-                     ts=ev.ts)
+        cur = self.c.execute(
+            _SQL["insert_event"],
+            (iso(ev.ts), ev.kind.value, ev.item_id, ev.stage, ev.subtask, _dump(ev.data)),
+        )
+        return Event(ev.kind, ev.item_id, ev.stage, ev.subtask, ev.data, id=cur.lastrowid, ts=ev.ts)
 
     def insert_decision(self, rev: ReviewData) -> ReviewData:
-        cur = self.c.execute(_SQL["insert_decision"], (
-            rev.item_id, rev.stage, rev.subtask, rev.decision.value, rev.by, iso(rev.at),
-            rev.reason, rev.comment, _dump(rev.output)))
-        return ReviewData(rev.decision, rev.by, rev.at, rev.reason, rev.comment, rev.output,
-                          rev.item_id, rev.stage, rev.subtask, id=cur.lastrowid)
+        cur = self.c.execute(
+            _SQL["insert_decision"],
+            (
+                rev.item_id,
+                rev.stage,
+                rev.subtask,
+                rev.decision.value,
+                rev.by,
+                iso(rev.at),
+                rev.reason,
+                rev.comment,
+                _dump(rev.output),
+            ),
+        )
+        return ReviewData(
+            rev.decision,
+            rev.by,
+            rev.at,
+            rev.reason,
+            rev.comment,
+            rev.output,
+            rev.item_id,
+            rev.stage,
+            rev.subtask,
+            id=cur.lastrowid,
+        )
 
     def last_decision(self, item_id: str, stage: str, subtask: str | None) -> ReviewData | None:
         row = self.c.execute(_SQL["last_decision"], (item_id, stage, subtask)).fetchone()
@@ -249,38 +356,102 @@ def _create_schema(conn: sqlite3.Connection) -> None:
     db = sqlite_utils.Database(conn)
     text, integer, real = str, int, float
     db["items"].create(
-        {"id": text, "pipeline": text, "data": text, "pipeline_path": text,
-         "pipeline_hash": text, "state": text, "progress": real, "created_at": text,
-         "updated_at": text, "waiting_on": text},
-        pk="id", not_null={"pipeline", "state", "created_at"},
+        {
+            "id": text,
+            "pipeline": text,
+            "data": text,
+            "pipeline_path": text,
+            "pipeline_hash": text,
+            "state": text,
+            "progress": real,
+            "created_at": text,
+            "updated_at": text,
+            "waiting_on": text,
+        },
+        pk="id",
+        not_null={"pipeline", "state", "created_at"},
     )
     db["stages"].create(
-        {"item_id": text, "name": text, "status": text, "position": integer, "active": integer,
-         "attempts": integer, "attempt_base": integer, "error": text, "traceback": text,
-         "output": text, "review_prompt": text, "review_data": text, "requested_at": text,
-         "next_attempt_at": text, "fanned_out": integer, "claim": text, "owner_host": text,
-         "owner_pid": integer, "owner_started": text, "lease_until": text, "started_at": text,
-         "finished_at": text, "updated_at": text},
-        pk=("item_id", "name"), not_null={"status"},
+        {
+            "item_id": text,
+            "name": text,
+            "status": text,
+            "position": integer,
+            "active": integer,
+            "attempts": integer,
+            "attempt_base": integer,
+            "error": text,
+            "traceback": text,
+            "output": text,
+            "review_prompt": text,
+            "review_data": text,
+            "requested_at": text,
+            "next_attempt_at": text,
+            "fanned_out": integer,
+            "claim": text,
+            "owner_host": text,
+            "owner_pid": integer,
+            "owner_started": text,
+            "lease_until": text,
+            "started_at": text,
+            "finished_at": text,
+            "updated_at": text,
+        },
+        pk=("item_id", "name"),
+        not_null={"status"},
         foreign_keys=[("item_id", "items", "id")],
     )
     db["subtasks"].create(
-        {"item_id": text, "stage": text, "name": text, "status": text, "position": integer,
-         "data": text, "attempts": integer, "attempt_base": integer, "error": text,
-         "traceback": text, "output": text, "review_prompt": text, "review_data": text,
-         "requested_at": text, "next_attempt_at": text, "started_at": text,
-         "finished_at": text, "updated_at": text},
-        pk=("item_id", "stage", "name"), not_null={"status"},
+        {
+            "item_id": text,
+            "stage": text,
+            "name": text,
+            "status": text,
+            "position": integer,
+            "data": text,
+            "attempts": integer,
+            "attempt_base": integer,
+            "error": text,
+            "traceback": text,
+            "output": text,
+            "review_prompt": text,
+            "review_data": text,
+            "requested_at": text,
+            "next_attempt_at": text,
+            "started_at": text,
+            "finished_at": text,
+            "updated_at": text,
+        },
+        pk=("item_id", "stage", "name"),
+        not_null={"status"},
         foreign_keys=[("item_id", "items", "id")],
     )
     db["decisions"].create(
-        {"id": integer, "item_id": text, "stage": text, "subtask": text, "decision": text,
-         "by": text, "at": text, "reason": text, "comment": text, "output": text},
-        pk="id", foreign_keys=[("item_id", "items", "id")],
+        {
+            "id": integer,
+            "item_id": text,
+            "stage": text,
+            "subtask": text,
+            "decision": text,
+            "by": text,
+            "at": text,
+            "reason": text,
+            "comment": text,
+            "output": text,
+        },
+        pk="id",
+        foreign_keys=[("item_id", "items", "id")],
     )
     db["events"].create(
-        {"id": integer, "ts": text, "kind": text, "item_id": text, "stage": text,
-         "subtask": text, "data": text},
+        {
+            "id": integer,
+            "ts": text,
+            "kind": text,
+            "item_id": text,
+            "stage": text,
+            "subtask": text,
+            "data": text,
+        },
         pk="id",
     )
     db["items"].create_index(["pipeline", "state"])
@@ -322,7 +493,11 @@ class SqliteStateStore(TransactionalStore):
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], *, durability: str = "normal", timeout: float = 30.0,
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        durability: str = "normal",
+        timeout: float = 30.0,
         readonly: bool = False,
     ) -> SqliteStateStore:
         """Open (creating if needed) a treadle database.
@@ -336,19 +511,26 @@ class SqliteStateStore(TransactionalStore):
         p = Path(path)
         where = str(p)
         if p.is_dir():
-            raise StoreError(f"{where} is a folder, not a database file",
-                             path=where, hint="pass a file path with --db")
+            raise StoreError(
+                f"{where} is a folder, not a database file",
+                path=where,
+                hint="pass a file path with --db",
+            )
         missing = not p.exists() or p.stat().st_size == 0
         if readonly and missing:
             return cls(_empty_readonly_conn(), where, timeout)
         if not missing:
             cls._check_header(p)
         try:
-            conn = sqlite3.connect(str(p), timeout=timeout, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(
+                str(p), timeout=timeout, isolation_level=None, check_same_thread=False
+            )
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open database {where}: {exc}", path=where,
-                             hint="check the path and its folder's permissions") from exc
+            raise StoreError(
+                f"cannot open database {where}: {exc}",
+                path=where,
+                hint="check the path and its folder's permissions",
+            ) from exc
         store = cls(conn, where, timeout)
         try:
             store._prepare(durability, readonly)
@@ -366,12 +548,17 @@ class SqliteStateStore(TransactionalStore):
         try:
             head = _header(p)
         except OSError as exc:
-            raise StoreError(f"cannot read database {where}: {exc.strerror}", path=where,
-                             hint="check the file's permissions") from exc
+            raise StoreError(
+                f"cannot read database {where}: {exc.strerror}",
+                path=where,
+                hint="check the file's permissions",
+            ) from exc
         if not head.startswith(SQLITE_MAGIC) or len(head) < 100:
             raise IncompatibleDatabaseError(
-                f"{where} is not a treadle database (not SQLite)", path=where,
-                hint="point --db at a treadle database or a new file")
+                f"{where} is not a treadle database (not SQLite)",
+                path=where,
+                hint="point --db at a treadle database or a new file",
+            )
 
     def _prepare(self, durability: str, readonly: bool) -> None:
         c = self._conn
@@ -381,13 +568,17 @@ class SqliteStateStore(TransactionalStore):
         tables = c.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         if app_id != APPLICATION_ID and tables:
             raise IncompatibleDatabaseError(
-                f"{self.path} is not a treadle database (it holds other tables)", path=self.path,
-                hint="point --db at a treadle database or a new file")
+                f"{self.path} is not a treadle database (it holds other tables)",
+                path=self.path,
+                hint="point --db at a treadle database or a new file",
+            )
         if version > SCHEMA_VERSION:
             raise IncompatibleDatabaseError(
                 f"{self.path} was written by a newer treadle (schema {version}, this one "
-                f"reads up to {SCHEMA_VERSION})", path=self.path,
-                hint="upgrade treadle (pip install -U treadle-cli)")
+                f"reads up to {SCHEMA_VERSION})",
+                path=self.path,
+                hint="upgrade treadle (pip install -U treadle-cli)",
+            )
         if readonly:
             if not tables:
                 # Nothing written yet (a version-0 file): read it as empty, like a missing
@@ -422,18 +613,27 @@ class SqliteStateStore(TransactionalStore):
         text = str(exc)
         if "locked" in text or "busy" in text:
             return DatabaseLockedError(
-                f"database {self.path} is locked (waited {self.timeout:g}s)", path=self.path,
-                hint="another treadle holds it; retry, or raise TREADLE_BUSY_TIMEOUT")
+                f"database {self.path} is locked (waited {self.timeout:g}s)",
+                path=self.path,
+                hint="another treadle holds it; retry, or raise TREADLE_BUSY_TIMEOUT",
+            )
         if "readonly" in text or "read-only" in text or "unable to open" in text:
             return StoreError(
-                f"database {self.path} is read-only: {text}", path=self.path,
-                hint="check the permissions of the file and its folder")
+                f"database {self.path} is read-only: {text}",
+                path=self.path,
+                hint="check the permissions of the file and its folder",
+            )
         if "not a database" in text or "malformed" in text:
             return IncompatibleDatabaseError(
-                f"{self.path} is damaged or not a treadle database: {text}", path=self.path,
-                hint="restore it from a backup or point --db at another file")
-        return StoreError(f"database error on {self.path}: {text}", path=self.path,
-                          hint="run with --debug for details")
+                f"{self.path} is damaged or not a treadle database: {text}",
+                path=self.path,
+                hint="restore it from a backup or point --db at another file",
+            )
+        return StoreError(
+            f"database error on {self.path}: {text}",
+            path=self.path,
+            hint="run with --debug for details",
+        )
 
     # ------------------------------------------------------------ transactions
 
@@ -500,7 +700,8 @@ class SqliteStateStore(TransactionalStore):
         rows = self._query(
             f"SELECT {cols} FROM subtasks t LEFT JOIN stages s ON s.item_id = t.item_id "
             "AND s.name = t.stage WHERE t.item_id = ? ORDER BY s.position, t.position",
-            (item_id,))
+            (item_id,),
+        )
         return [_subtask(r) for r in rows]
 
     @_wrap_errors
@@ -512,8 +713,9 @@ class SqliteStateStore(TransactionalStore):
 
     @_wrap_errors
     def decisions(self, item_id: str) -> list[ReviewData]:
-        rows = self._query(_select("decisions", DECISION_COLS) + " WHERE item_id = ? ORDER BY id",
-                           (item_id,))
+        rows = self._query(
+            _select("decisions", DECISION_COLS) + " WHERE item_id = ? ORDER BY id", (item_id,)
+        )
         return [_decision(r) for r in rows]
 
     @_wrap_errors
@@ -547,8 +749,12 @@ class SqliteStateStore(TransactionalStore):
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
     def items_query(
-        self, *, pipeline: str | None = None, states: Sequence[str] | None = None,
-        limit: int | None = None, offset: int = 0,
+        self,
+        *,
+        pipeline: str | None = None,
+        states: Sequence[str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> tuple[str, list[Any]]:
         where, params = self._item_filter(pipeline, states)
         sql = _select("items", ITEM_COLS) + where + " ORDER BY created_at, id"
@@ -559,15 +765,21 @@ class SqliteStateStore(TransactionalStore):
 
     @_wrap_errors
     def list_items(
-        self, *, pipeline: str | None = None, states: Sequence[str] | None = None,
-        limit: int | None = None, offset: int = 0,
+        self,
+        *,
+        pipeline: str | None = None,
+        states: Sequence[str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[ItemRecord]:
-        sql, params = self.items_query(pipeline=pipeline, states=states, limit=limit,
-                                       offset=offset)
+        sql, params = self.items_query(pipeline=pipeline, states=states, limit=limit, offset=offset)
         return [_item(r) for r in self._query(sql, params)]
 
     def iter_items(
-        self, *, pipeline: str | None = None, states: Sequence[str] | None = None,
+        self,
+        *,
+        pipeline: str | None = None,
+        states: Sequence[str] | None = None,
         limit: int | None = None,
     ) -> Iterator[ItemRecord]:
         """Every matching item, streamed in creation order."""
@@ -611,9 +823,20 @@ class SqliteStateStore(TransactionalStore):
             "UNION ALL SELECT x.item_id, x.stage, x.name, x.review_prompt, x.review_data, "
             f"x.requested_at FROM subtasks x{join} JOIN stages s ON s.item_id = x.item_id "
             "AND s.name = x.stage AND s.active = 1 WHERE x.status = 'awaiting_review' "
-            "ORDER BY 6, 1", params * 2)
-        return [{"item": r[0], "stage": r[1], "subtask": r[2], "prompt": r[3],
-                 "data": _load(r[4]), "requested_at": r[5]} for r in rows]
+            "ORDER BY 6, 1",
+            params * 2,
+        )
+        return [
+            {
+                "item": r[0],
+                "stage": r[1],
+                "subtask": r[2],
+                "prompt": r[3],
+                "data": _load(r[4]),
+                "requested_at": r[5],
+            }
+            for r in rows
+        ]
 
     def close(self) -> None:
         with self._lock:
