@@ -17,7 +17,7 @@ import threading
 import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
@@ -253,6 +253,7 @@ def _execute(spec: StageSpec, item: WorkItem, ctx: StageContext) -> StageOutcome
 class _Run:
     item: Item
     deadline: datetime
+    stages: dict[str, StageRecord] = field(default_factory=dict)  # the loop's latest read
 
 
 class Engine:
@@ -315,8 +316,8 @@ class Engine:
                 f"item {item_id!r} belongs to pipeline {rec.pipeline!r}, not {p.name!r}",
                 hint="advance it with its own pipeline file",
             )
-        names = [s.name for s in self.store.get_stages(item_id)]
-        if names != p.order or rec.pipeline_hash != p.hash or rec.pipeline_path != p.path:
+        # sync_stages records the hash last, so a matching hash means the rows match too.
+        if rec.pipeline_hash != p.hash or rec.pipeline_path != p.path:
             with self.bus.ordered():
                 self.bus.publish(self.store.sync_stages(item_id, p.order, p.path, p.hash, now))
         return Item(item_id, rec.data)
@@ -330,7 +331,7 @@ class Engine:
             self.ensure_item(item, data), self.clock.now() + timedelta(seconds=max(wait, 0.0))
         )
         while True:
-            stages = {s.name: s for s in self.store.get_stages(run.item.id)}
+            stages = run.stages = {s.name: s for s in self.store.get_stages(run.item.id)}
             ready, next_due = self._ready(stages)
             if ready:
                 self._run_all(run, ready)
@@ -394,10 +395,10 @@ class Engine:
     ) -> StageContext:
         wanted = self._ancestors[spec.name]
         outputs: dict[str, Any] = {}
-        if wanted:
-            for rec in self.store.get_stages(run.item.id):
-                if rec.name in wanted and rec.status in DONE_STATUSES:
-                    outputs[rec.name] = rec.output
+        for name in wanted:  # upstream stages are done, so the loop's read is current
+            rec = run.stages.get(name)
+            if rec is not None and rec.status in DONE_STATUSES:
+                outputs[name] = rec.output
         review = self.store.last_decision(run.item.id, spec.name, subtask) if with_review else None
         return StageContext(
             item_id=run.item.id,
@@ -687,7 +688,7 @@ class Engine:
         item_id, name = run.item.id, spec.name
         with self.bus.ordered():
             got = self.store.claim_subtask(
-                item_id, name, sub.name, claim=claim, now=self.clock.now()
+                item_id, name, sub.name, claim=claim, now=self.clock.now(), expected=sub
             )
             if got is None:
                 return False

@@ -159,6 +159,7 @@ class Tx(Protocol):
     def get_stage(self, item_id: str, stage: str) -> StageRecord | None: ...
     def list_stages(self, item_id: str, include_inactive: bool) -> list[StageRecord]: ...
     def insert_stage(self, rec: StageRecord) -> None: ...
+    def insert_stages(self, recs: list[StageRecord]) -> None: ...
     def update_stage(self, rec: StageRecord) -> None: ...
     def active_stages(self, item_id: str) -> list[tuple[str, str, datetime | None]]:
         """(name, status, next_attempt_at) of the item's active stages, in pipeline order."""
@@ -168,6 +169,25 @@ class Tx(Protocol):
     def list_subtasks(self, item_id: str, stage: str) -> list[SubtaskRecord]: ...
     def insert_subtask(self, rec: SubtaskRecord) -> None: ...
     def update_subtask(self, rec: SubtaskRecord) -> None: ...
+    def cas_stage(
+        self, item_id: str, stage: str, where: dict[str, Any], sets: dict[str, Any]
+    ) -> bool:
+        """Set ``sets`` on the stage row if its columns equal ``where``; True if it did."""
+        ...
+
+    def cas_subtask(
+        self, item_id: str, stage: str, name: str, where: dict[str, Any], sets: dict[str, Any]
+    ) -> bool: ...
+    def stage_claim(self, item_id: str, stage: str) -> tuple[str, str | None] | None:
+        """(status, claim) of a stage, or None if there is no such stage."""
+        ...
+
+    def set_item_summary(
+        self, item_id: str, state: ItemState, progress: float, waiting: str, now: datetime
+    ) -> bool:
+        """Store the derived state; True if it changed (an unchanged row is not written)."""
+        ...
+
     def insert_event(self, ev: Event) -> Event: ...
     def insert_decision(self, rev: ReviewData) -> ReviewData: ...
     def last_decision(self, item_id: str, stage: str, subtask: str | None) -> ReviewData | None: ...
@@ -176,14 +196,25 @@ class Tx(Protocol):
 _CLAIM_FIELDS = ("claim", "owner_host", "owner_pid", "owner_started", "lease_until")
 
 
+_CHANGE_FIELDS = ("error", "traceback", "output", "review_prompt", "review_data", "next_attempt_at")
+
+
 def _apply_change(rec: Any, change: StageChange | SubtaskChange) -> None:
     rec.status = change.status
-    for name in ("error", "traceback", "output", "review_prompt", "review_data", "next_attempt_at"):
+    for name, value in _change_sets(change).items():
+        setattr(rec, name, value)
+
+
+def _change_sets(change: StageChange | SubtaskChange) -> dict[str, Any]:
+    """The columns a change writes: given values, and None for the cleared ones."""
+    sets: dict[str, Any] = {"status": change.status}
+    for name in _CHANGE_FIELDS:
         value = getattr(change, name)
         if value is not None:
-            setattr(rec, name, value)
+            sets[name] = value
         elif name in change.clear:
-            setattr(rec, name, None)
+            sets[name] = None
+    return sets
 
 
 class TransactionalStore:
@@ -207,21 +238,14 @@ class TransactionalStore:
         return tx.insert_event(Event(kind, item_id, stage, subtask, data, ts=now))
 
     def _refresh_item(self, tx: Tx, item_id: str, now: datetime, out: list[Event]) -> None:
-        item = tx.get_item(item_id)
-        if item is None:
-            return
         rows = tx.active_stages(item_id)
         statuses = [s for _, s, _ in rows]
         state = derive_item_state(statuses)
         done = sum(1 for s in statuses if s in DONE_STATUSES)
         progress = round(100.0 * done / len(statuses), 1) if statuses else 100.0
-        waiting = waiting_on(rows)
-        if (state, progress, waiting) != (item.state, item.progress, item.waiting_on):
-            was_complete = item.state == ItemState.COMPLETED
-            item.state, item.progress, item.updated_at = state, progress, now
-            item.waiting_on = waiting
-            tx.update_item(item)
-            if state == ItemState.COMPLETED and not was_complete:
+        # A completed item has nothing left to change, so "changed to completed" is new.
+        if tx.set_item_summary(item_id, state, progress, waiting_on(rows), now):
+            if state == ItemState.COMPLETED:
                 out.append(
                     self._event(tx, EventKind.ITEM_COMPLETED, item_id, None, None, None, now)
                 )
@@ -256,8 +280,12 @@ class TransactionalStore:
                 item_id, pipeline, data, path, pipeline_hash, ItemState.PENDING, 0.0, now, now
             )
             tx.insert_item(rec)
-            for i, name in enumerate(stages):
-                tx.insert_stage(StageRecord(item_id, name, StageStatus.PENDING, i, updated_at=now))
+            tx.insert_stages(
+                [
+                    StageRecord(item_id, n, StageStatus.PENDING, i, updated_at=now)
+                    for i, n in enumerate(stages)
+                ]
+            )
             out = [
                 self._event(
                     tx,
@@ -271,7 +299,7 @@ class TransactionalStore:
             ]
             self._refresh_item(tx, item_id, now, out)
             # Return the row as stored: refreshing may have changed it (no stages: completed).
-            return tx.get_item(item_id) or rec, out
+            return (rec if stages else tx.get_item(item_id) or rec), out
 
     def sync_stages(
         self,
@@ -313,21 +341,41 @@ class TransactionalStore:
         now: datetime,
         lease_until: datetime | None,
     ) -> tuple[StageRecord, list[Event]] | None:
-        """Compare-and-set ``expected`` (status and claim) to running under ``claim``."""
+        """Compare-and-set ``expected`` to running under ``claim``; None if the row moved on.
+
+        The row must still match ``expected``'s status, claim and ``updated_at``, so a stale
+        read can never claim a stage that changed since (even back to the same status).
+        """
+        check_transition("stage", expected.status, StageStatus.RUNNING)
+        rec = replace(expected)
+        takeover = rec.status == StageStatus.RUNNING
+        previous = {"previous_owner": f"{rec.owner_host}:{rec.owner_pid}"} if takeover else {}
+        if not rec.fanned_out:
+            rec.attempts += 1
+        rec.status, rec.claim = StageStatus.RUNNING, claim
+        rec.owner_host, rec.owner_pid, rec.owner_started = owner.host, owner.pid, owner.started
+        rec.lease_until, rec.started_at, rec.updated_at = lease_until, now, now
+        rec.next_attempt_at = None
+        sets = {
+            "status": rec.status,
+            "claim": claim,
+            "owner_host": owner.host,
+            "owner_pid": owner.pid,
+            "owner_started": owner.started,
+            "lease_until": lease_until,
+            "started_at": now,
+            "updated_at": now,
+            "next_attempt_at": None,
+            "attempts": rec.attempts,
+        }
+        where = {
+            "status": expected.status,
+            "claim": expected.claim,
+            "updated_at": expected.updated_at,
+        }
         with self._tx() as tx:
-            rec = tx.get_stage(item_id, stage)
-            if rec is None or rec.status != expected.status or rec.claim != expected.claim:
+            if not tx.cas_stage(item_id, stage, where, sets):
                 return None
-            check_transition("stage", rec.status, StageStatus.RUNNING)
-            takeover = rec.status == StageStatus.RUNNING
-            previous = {"previous_owner": f"{rec.owner_host}:{rec.owner_pid}"} if takeover else {}
-            if not rec.fanned_out:
-                rec.attempts += 1
-            rec.status, rec.claim = StageStatus.RUNNING, claim
-            rec.owner_host, rec.owner_pid, rec.owner_started = owner.host, owner.pid, owner.started
-            rec.lease_until, rec.started_at, rec.updated_at = lease_until, now, now
-            rec.next_attempt_at = None
-            tx.update_stage(rec)
             data = {
                 "attempt": rec.attempts - rec.attempt_base,
                 "owner": f"{owner.host}:{owner.pid}",
@@ -348,20 +396,18 @@ class TransactionalStore:
         now: datetime,
     ) -> list[Event] | None:
         """Write the result of a run we still hold; ``None`` if our claim was taken over."""
+        check_transition("stage", StageStatus.RUNNING, change.status)
+        sets = _change_sets(change)
+        sets.update(dict.fromkeys(_CLAIM_FIELDS), updated_at=now)
+        if change.status == StageStatus.AWAITING_REVIEW:
+            sets["requested_at"] = now
+        if change.status != StageStatus.PENDING:
+            sets["finished_at"] = now
         with self._tx() as tx:
-            rec = tx.get_stage(item_id, stage)
-            if rec is None or rec.claim != claim or rec.status != StageStatus.RUNNING:
+            if not tx.cas_stage(
+                item_id, stage, {"status": StageStatus.RUNNING, "claim": claim}, sets
+            ):
                 return None
-            check_transition("stage", rec.status, change.status)
-            _apply_change(rec, change)
-            for name in _CLAIM_FIELDS:
-                setattr(rec, name, None)
-            rec.updated_at = now
-            if change.status in (StageStatus.AWAITING_REVIEW,):
-                rec.requested_at = now
-            if change.status != StageStatus.PENDING:
-                rec.finished_at = now
-            tx.update_stage(rec)
             out = [
                 self._event(tx, kind, item_id, stage, sub, data, now) for kind, sub, data in events
             ]
@@ -414,20 +460,38 @@ class TransactionalStore:
         *,
         claim: str,
         now: datetime,
+        expected: SubtaskRecord | None = None,
     ) -> tuple[SubtaskRecord, list[Event]] | None:
-        """Start a pending subtask, or restart one a dead owner left running."""
+        """Start a pending subtask, or restart one a dead owner left running.
+
+        With ``expected`` (a row read earlier) the start is a compare-and-set on it.
+        """
         with self._tx() as tx:
-            rec = tx.get_stage(item_id, stage)
-            sub = tx.get_subtask(item_id, stage, name)
-            if rec is None or rec.claim != claim or sub is None:
+            held = tx.stage_claim(item_id, stage)
+            if held is None or held[1] != claim:
                 return None
-            if sub.status not in (SubtaskStatus.PENDING, SubtaskStatus.RUNNING):
+            sub = expected if expected is not None else tx.get_subtask(item_id, stage, name)
+            if sub is None or sub.status not in (SubtaskStatus.PENDING, SubtaskStatus.RUNNING):
                 return None
             check_transition("subtask", sub.status, SubtaskStatus.RUNNING)
-            sub.status, sub.attempts = SubtaskStatus.RUNNING, sub.attempts + 1
-            sub.started_at = sub.updated_at = now
-            sub.next_attempt_at = None
-            tx.update_subtask(sub)
+            where = {"status": sub.status, "updated_at": sub.updated_at}
+            sub = replace(
+                sub,
+                status=SubtaskStatus.RUNNING,
+                attempts=sub.attempts + 1,
+                started_at=now,
+                updated_at=now,
+                next_attempt_at=None,
+            )
+            sets = {
+                "status": sub.status,
+                "attempts": sub.attempts,
+                "started_at": now,
+                "updated_at": now,
+                "next_attempt_at": None,
+            }
+            if not tx.cas_subtask(item_id, stage, name, where, sets):
+                return None
             data = {"attempt": sub.attempts - sub.attempt_base}
             ev = self._event(tx, EventKind.SUBTASK_STARTED, item_id, stage, name, data, now)
             return sub, [ev]
@@ -443,21 +507,19 @@ class TransactionalStore:
         events: Sequence[EventSpec],
         now: datetime,
     ) -> list[Event] | None:
+        check_transition("subtask", SubtaskStatus.RUNNING, change.status)
+        sets = _change_sets(change)
+        sets["updated_at"] = now
+        if change.status == SubtaskStatus.AWAITING_REVIEW:
+            sets["requested_at"] = now
+        if change.status != SubtaskStatus.PENDING:
+            sets["finished_at"] = now
         with self._tx() as tx:
-            rec = tx.get_stage(item_id, stage)
-            sub = tx.get_subtask(item_id, stage, name)
-            if rec is None or rec.claim != claim or sub is None:
+            held = tx.stage_claim(item_id, stage)
+            if held is None or held[1] != claim:
                 return None
-            if sub.status != SubtaskStatus.RUNNING:
+            if not tx.cas_subtask(item_id, stage, name, {"status": SubtaskStatus.RUNNING}, sets):
                 return None
-            check_transition("subtask", sub.status, change.status)
-            _apply_change(sub, change)
-            sub.updated_at = now
-            if change.status == SubtaskStatus.AWAITING_REVIEW:
-                sub.requested_at = now
-            if change.status != SubtaskStatus.PENDING:
-                sub.finished_at = now
-            tx.update_subtask(sub)
             return [self._event(tx, kind, item_id, stage, s, data, now) for kind, s, data in events]
 
     def decide(

@@ -13,6 +13,7 @@ from typing import Any
 from ..model import (
     Event,
     ItemRecord,
+    ItemState,
     ReviewData,
     StageRecord,
     StageStatus,
@@ -50,6 +51,10 @@ class _MemoryTx:
 
     update_stage = insert_stage
 
+    def insert_stages(self, recs: list[StageRecord]) -> None:
+        for rec in recs:
+            self.insert_stage(rec)
+
     def active_stages(self, item_id: str) -> list[tuple[str, str, datetime | None]]:
         rows = sorted(
             (r for (i, _), r in self.s._stages.items() if i == item_id and r.active),
@@ -73,6 +78,37 @@ class _MemoryTx:
         self.s._subtasks[(rec.item_id, rec.stage, rec.name)] = copy.deepcopy(rec)
 
     update_subtask = insert_subtask
+
+    @staticmethod
+    def _cas(rec: Any, where: dict[str, Any], sets: dict[str, Any]) -> bool:
+        if rec is None or any(getattr(rec, k) != v for k, v in where.items()):
+            return False
+        for k, v in sets.items():
+            setattr(rec, k, copy.deepcopy(v))
+        return True
+
+    def cas_stage(
+        self, item_id: str, stage: str, where: dict[str, Any], sets: dict[str, Any]
+    ) -> bool:
+        return self._cas(self.s._stages.get((item_id, stage)), where, sets)
+
+    def cas_subtask(
+        self, item_id: str, stage: str, name: str, where: dict[str, Any], sets: dict[str, Any]
+    ) -> bool:
+        return self._cas(self.s._subtasks.get((item_id, stage, name)), where, sets)
+
+    def stage_claim(self, item_id: str, stage: str) -> tuple[str, str | None] | None:
+        rec = self.s._stages.get((item_id, stage))
+        return (rec.status, rec.claim) if rec else None
+
+    def set_item_summary(
+        self, item_id: str, state: ItemState, progress: float, waiting: str, now: datetime
+    ) -> bool:
+        rec = self.s._items.get(item_id)
+        if rec is None or (rec.state, rec.progress, rec.waiting_on) == (state, progress, waiting):
+            return False
+        rec.state, rec.progress, rec.waiting_on, rec.updated_at = state, progress, waiting, now
+        return True
 
     def insert_event(self, ev: Event) -> Event:
         stored = replace(ev, id=len(self.s._events) + 1, data=copy.deepcopy(ev.data))

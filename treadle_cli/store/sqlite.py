@@ -14,6 +14,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,63 +41,9 @@ SCHEMA_VERSION = 1
 APPLICATION_ID = 0x7472646C
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
-ITEM_COLS = (
-    "id",
-    "pipeline",
-    "data",
-    "pipeline_path",
-    "pipeline_hash",
-    "state",
-    "progress",
-    "created_at",
-    "updated_at",
-    "waiting_on",
-)
-STAGE_COLS = (
-    "item_id",
-    "name",
-    "status",
-    "position",
-    "active",
-    "attempts",
-    "attempt_base",
-    "error",
-    "traceback",
-    "output",
-    "review_prompt",
-    "review_data",
-    "requested_at",
-    "next_attempt_at",
-    "fanned_out",
-    "claim",
-    "owner_host",
-    "owner_pid",
-    "owner_started",
-    "lease_until",
-    "started_at",
-    "finished_at",
-    "updated_at",
-)
-SUBTASK_COLS = (
-    "item_id",
-    "stage",
-    "name",
-    "status",
-    "position",
-    "data",
-    "attempts",
-    "attempt_base",
-    "error",
-    "traceback",
-    "output",
-    "review_prompt",
-    "review_data",
-    "requested_at",
-    "next_attempt_at",
-    "started_at",
-    "finished_at",
-    "updated_at",
-)
+ITEM_COLS = tuple(f.name for f in fields(ItemRecord))
+STAGE_COLS = tuple(f.name for f in fields(StageRecord))
+SUBTASK_COLS = tuple(f.name for f in fields(SubtaskRecord))
 DECISION_COLS = (
     "id",
     "item_id",
@@ -135,44 +82,46 @@ def _load(text: str | None) -> Any:
 
 
 def _to_db(col: str, value: Any) -> Any:
-    if col in _JSON:
-        return _dump(value)
-    if col in _TIME:
-        return iso(value)
-    if col in _BOOL:
-        return int(bool(value))
-    return value.value if hasattr(value, "value") and not isinstance(value, int) else value
+    fn = _ENCODE.get(col)
+    return value if fn is None or value is None else fn(value)
+
+
+#: Column -> conversion to the database (StrEnum members bind as the text they are).
+_ENCODE: dict[str, Callable[[Any], Any]] = {
+    **dict.fromkeys(_JSON, _dump),
+    **dict.fromkeys(_TIME, iso),
+    **dict.fromkeys(_BOOL, int),
+}
+#: Column -> conversion from the database, for the columns that need one.
+_DECODE: dict[str, Callable[[Any], Any]] = {
+    **dict.fromkeys(_JSON, json.loads),
+    **dict.fromkeys(_TIME, datetime.fromisoformat),
+    **dict.fromkeys(_BOOL, bool),
+}
+
+
+def _decoder(cls: Any, cols: Sequence[str], **enums: Any) -> Callable[[Sequence[Any]], Any]:
+    """A fast row -> record function; ``cols`` follow the record's field order."""
+    fns = [enums.get(c) or _DECODE.get(c) for c in cols]
+
+    def decode(row: Sequence[Any]) -> Any:
+        return cls(
+            *[v if fn is None or v is None else fn(v) for fn, v in zip(fns, row, strict=True)]
+        )
+
+    return decode
 
 
 def _from_db(cols: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for col, value in zip(cols, row, strict=True):
-        if col in _JSON:
-            value = _load(value)
-        elif col in _TIME:
-            value = parse_ts(value)
-        elif col in _BOOL:
-            value = bool(value)
-        out[col] = value
-    return out
+    return {
+        c: (v if (fn := _DECODE.get(c)) is None or v is None else fn(v))
+        for c, v in zip(cols, row, strict=True)
+    }
 
 
-def _item(row: Sequence[Any]) -> ItemRecord:
-    d = _from_db(ITEM_COLS, row)
-    d["state"] = ItemState(d["state"])
-    return ItemRecord(**d)
-
-
-def _stage(row: Sequence[Any]) -> StageRecord:
-    d = _from_db(STAGE_COLS, row)
-    d["status"] = StageStatus(d["status"])
-    return StageRecord(**d)
-
-
-def _subtask(row: Sequence[Any]) -> SubtaskRecord:
-    d = _from_db(SUBTASK_COLS, row)
-    d["status"] = SubtaskStatus(d["status"])
-    return SubtaskRecord(**d)
+_item = _decoder(ItemRecord, ITEM_COLS, state=ItemState)
+_stage = _decoder(StageRecord, STAGE_COLS, status=StageStatus)
+_subtask = _decoder(SubtaskRecord, SUBTASK_COLS, status=SubtaskStatus)
 
 
 def _decision(row: Sequence[Any]) -> ReviewData:
@@ -219,8 +168,8 @@ def _update(table: str, cols: Sequence[str], keys: Sequence[str]) -> str:
 
 
 def _values(rec: Any, cols: Sequence[str], keys: Sequence[str] = ()) -> list[Any]:
-    body = [_to_db(c, getattr(rec, c)) for c in cols if c not in keys]
-    return body + [_to_db(k, getattr(rec, k)) for k in keys]
+    order = [c for c in cols if c not in keys] + list(keys)
+    return [_to_db(c, getattr(rec, c)) for c in order]
 
 
 _SQL = {
@@ -240,10 +189,23 @@ _SQL = {
     "insert_subtask": _insert("subtasks", SUBTASK_COLS),
     "update_subtask": _update("subtasks", SUBTASK_COLS, ("item_id", "stage", "name")),
     "insert_event": _insert("events", EVENT_COLS[1:]),
+    "stage_claim": "SELECT status, claim FROM stages WHERE item_id = ? AND name = ?",
+    "set_item_summary": "UPDATE items SET state = ?, progress = ?, waiting_on = ?, "
+    "updated_at = ? WHERE id = ? AND NOT (state IS ? AND progress IS ? AND waiting_on IS ?)",
     "insert_decision": _insert("decisions", DECISION_COLS[1:]),
     "last_decision": _select("decisions", DECISION_COLS)
     + " WHERE item_id = ? AND stage = ? AND subtask IS ? ORDER BY id DESC LIMIT 1",
 }
+
+
+@functools.cache
+def _cas_sql(
+    table: str, keys: tuple[str, ...], sets: tuple[str, ...], where: tuple[str, ...]
+) -> str:
+    """UPDATE ... SET sets WHERE keys = ? AND each where-column IS ? (NULL-safe)."""
+    assignments = ", ".join(f"{c} = ?" for c in sets)
+    conditions = " AND ".join([f"{k} = ?" for k in keys] + [f"{c} IS ?" for c in where])
+    return f"UPDATE {table} SET {assignments} WHERE {conditions}"
 
 
 class _SqliteTx:
@@ -271,6 +233,9 @@ class _SqliteTx:
     def insert_stage(self, rec: StageRecord) -> None:
         self.c.execute(_SQL["insert_stage"], _values(rec, STAGE_COLS))
 
+    def insert_stages(self, recs: list[StageRecord]) -> None:
+        self.c.executemany(_SQL["insert_stage"], [_values(r, STAGE_COLS) for r in recs])
+
     def update_stage(self, rec: StageRecord) -> None:
         self.c.execute(_SQL["update_stage"], _values(rec, STAGE_COLS, ("item_id", "name")))
 
@@ -293,6 +258,32 @@ class _SqliteTx:
         self.c.execute(
             _SQL["update_subtask"], _values(rec, SUBTASK_COLS, ("item_id", "stage", "name"))
         )
+
+    def cas_stage(
+        self, item_id: str, stage: str, where: dict[str, Any], sets: dict[str, Any]
+    ) -> bool:
+        sql = _cas_sql("stages", ("item_id", "name"), tuple(sets), tuple(where))
+        params = [_to_db(c, v) for c, v in sets.items()] + [item_id, stage]
+        params += [_to_db(c, v) for c, v in where.items()]
+        return self.c.execute(sql, params).rowcount == 1
+
+    def cas_subtask(
+        self, item_id: str, stage: str, name: str, where: dict[str, Any], sets: dict[str, Any]
+    ) -> bool:
+        sql = _cas_sql("subtasks", ("item_id", "stage", "name"), tuple(sets), tuple(where))
+        params = [_to_db(c, v) for c, v in sets.items()] + [item_id, stage, name]
+        params += [_to_db(c, v) for c, v in where.items()]
+        return self.c.execute(sql, params).rowcount == 1
+
+    def stage_claim(self, item_id: str, stage: str) -> tuple[str, str | None] | None:
+        row = self.c.execute(_SQL["stage_claim"], (item_id, stage)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def set_item_summary(
+        self, item_id: str, state: ItemState, progress: float, waiting: str, now: datetime
+    ) -> bool:
+        params = (state.value, progress, waiting, iso(now), item_id, state.value, progress, waiting)
+        return self.c.execute(_SQL["set_item_summary"], params).rowcount == 1
 
     def insert_event(self, ev: Event) -> Event:
         cur = self.c.execute(
@@ -454,13 +445,20 @@ def _create_schema(conn: sqlite3.Connection) -> None:
         },
         pk="id",
     )
-    db["items"].create_index(["pipeline", "state"])
-    db["items"].create_index(["state", "created_at"])
-    db["items"].create_index(["created_at"])
-    db["stages"].create_index(["status"])
-    db["subtasks"].create_index(["status"])
+    # Indexes are chosen for the write path: nothing indexes items.state, which changes on
+    # every transition; stage counts read a covering index; the review inbox reads partial
+    # indexes that only change when a review starts or ends.
+    db["items"].create_index(["created_at", "id"])
+    db["items"].create_index(["pipeline"])
     db["decisions"].create_index(["item_id"])
     db["events"].create_index(["item_id", "id"])
+    conn.execute("CREATE INDEX idx_stages_counts ON stages (name, status) WHERE active = 1")
+    conn.execute(
+        "CREATE INDEX idx_stages_reviews ON stages (item_id) WHERE status = 'awaiting_review'"
+    )
+    conn.execute(
+        "CREATE INDEX idx_subtasks_reviews ON subtasks (item_id) WHERE status = 'awaiting_review'"
+    )
 
 
 #: Forward migrations: MIGRATIONS[n] takes a version-n database to n+1.
