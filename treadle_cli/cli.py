@@ -204,13 +204,19 @@ def main_options(
 def _console(stderr: bool = False) -> Console:
     from rich.console import Console
 
-    from .render import THEME
+    from .render import theme
 
-    return Console(theme=THEME, highlight=False, stderr=stderr)
+    return Console(theme=theme(), highlight=False, stderr=stderr)
 
 
 def _out_is_terminal() -> bool:
-    return _console().is_terminal
+    """What rich would decide, without importing rich for piped output."""
+    tty_compatible = os.environ.get("TTY_COMPATIBLE", "")
+    if tty_compatible == "0":
+        return False
+    if os.environ.get("FORCE_COLOR") or tty_compatible == "1":
+        return True
+    return sys.stdout.isatty()
 
 
 def _print_json(value: Any) -> None:

@@ -10,34 +10,39 @@ import json
 import shlex
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
-
-from rich.console import Group
-from rich.markup import escape
-from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
-from rich.theme import Theme
-from rich.tree import Tree
+from typing import TYPE_CHECKING, Any
 
 from .model import Event, ItemRecord, ReviewData, StageStatus, iso, utcnow
 from .status import PipelineStatus
 
-THEME = Theme(
-    {
-        "status.completed": "green",
-        "status.skipped": "dim green",
-        "status.running": "cyan",
-        "status.pending": "dim",
-        "status.awaiting_review": "yellow bold",
-        "status.failed": "red bold",
-        "status.rejected": "magenta bold",
-        "item": "bold",
-        "hint": "dim",
-        "error": "red",
-        "prompt": "yellow",
-    }
-)
+if TYPE_CHECKING:
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+    from rich.theme import Theme
+    from rich.tree import Tree
+
+# rich is imported inside the functions that draw, so piped output never loads it.
+STYLES = {
+    "status.completed": "green",
+    "status.skipped": "dim green",
+    "status.running": "cyan",
+    "status.pending": "dim",
+    "status.awaiting_review": "yellow bold",
+    "status.failed": "red bold",
+    "status.rejected": "magenta bold",
+    "item": "bold",
+    "hint": "dim",
+    "error": "red",
+    "prompt": "yellow",
+}
+
+
+def theme() -> Theme:
+    from rich.theme import Theme
+
+    return Theme(STYLES)
+
 
 SYMBOLS = {
     "completed": "✔",
@@ -72,6 +77,8 @@ def until(ts: datetime | None, now: datetime | None = None) -> str:
 
 
 def styled(status: str) -> Text:
+    from rich.text import Text
+
     return Text(f"{SYMBOLS.get(status, '?')} {status}", style=f"status.{status}")
 
 
@@ -85,6 +92,9 @@ def _short(value: Any, limit: int = 120) -> str:
 
 def status_tree(st: PipelineStatus, *, now: datetime | None = None, outdated: bool = False) -> Tree:
     """The stage → subtask tree of one item."""
+    from rich.text import Text
+    from rich.tree import Tree
+
     head = Text.assemble(
         (st.item.id, "item"),
         "  ",
@@ -171,6 +181,11 @@ def status_lines(
 
 
 def items_table(rows: Iterable[ItemRecord], *, title: str | None = None) -> Table:
+    from rich.markup import escape
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=title, expand=False, show_edge=False)
     for col in ("item", "pipeline", "progress", "", "state", "waiting on", "updated"):
         table.add_column(col, no_wrap=col in ("item", "progress"))
@@ -194,6 +209,9 @@ def item_line(r: ItemRecord) -> str:
 
 
 def counts_table(counts: Mapping[str, Mapping[str, int]], order: list[str] | None = None) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
     present = [s for s in STATES if any(s in per for per in counts.values())]
     table = Table(title="stages × state", show_edge=False)
     table.add_column("stage")
@@ -225,6 +243,10 @@ def summary_text(item_counts: Mapping[str, int]) -> str:
 
 
 def reviews_table(rows: list[dict[str, Any]]) -> Table:
+    from rich.markup import escape
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title="awaiting review", show_edge=False)
     for col in ("item", "stage", "age", "prompt", "data"):
         table.add_column(col, overflow="fold")
@@ -253,6 +275,11 @@ def _event_detail(ev: Event) -> str:
 
 
 def history_table(events: list[Event], decisions: list[ReviewData]) -> Group:
+    from rich.console import Group
+    from rich.markup import escape
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title="events", show_edge=False)
     for col in ("#", "when", "event", "stage", "detail"):
         table.add_column(col, overflow="fold")
@@ -281,6 +308,8 @@ def history_table(events: list[Event], decisions: list[ReviewData]) -> Group:
 
 
 def _decision_text(decision: str) -> Text:
+    from rich.text import Text
+
     status = "completed" if decision == "approved" else "rejected"
     return Text(f"{SYMBOLS[status]} {decision}", style=f"status.{status}")
 
@@ -304,6 +333,9 @@ def decision_line(d: ReviewData) -> str:
 
 
 def graph_tree(name: str, order: list[str], needs: Mapping[str, tuple[str, ...]]) -> Tree:
+    from rich.text import Text
+    from rich.tree import Tree
+
     tree = Tree(Text(name, style="item"))
     for stage in order:
         deps = needs[stage]

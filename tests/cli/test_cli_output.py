@@ -12,7 +12,7 @@ import pytest
 from clihelpers import Cli, snapshot
 from rich.console import Console
 
-from treadle_cli.render import THEME, status_lines, status_tree
+from treadle_cli.render import status_lines, status_tree, theme
 from treadle_cli.status import load_status
 from treadle_cli.store.sqlite import SqliteStateStore
 
@@ -112,7 +112,7 @@ def test_render_status_tree_on_a_fixed_width_console(cli: Cli, items: Path, db: 
         st = load_status(store, "f-1")
         now = st.item.updated_at + timedelta(seconds=5)
         buf = io.StringIO()
-        Console(file=buf, force_terminal=True, width=100, theme=THEME).print(
+        Console(file=buf, force_terminal=True, width=100, theme=theme()).print(
             status_tree(st, now=now, outdated=True)
         )
         out = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.getvalue())
@@ -160,3 +160,17 @@ def test_user_text_that_looks_like_markup_is_shown_as_is(cli: Cli, pl: Path) -> 
     assert "eve[/]" in history and "✔ approved" in history and "[bold]ok" in history
     tree = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", cli("status", "m 1", env=TERMINAL).stdout)
     assert "a[/]" in tree
+
+
+def test_piped_status_never_imports_rich(tmp_path):
+    """Plain output stays light: rich is for terminals only."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from typer.testing import CliRunner; from treadle_cli.cli import app\n"
+        f"CliRunner().invoke(app, ['--db', {str(tmp_path / 'x.db')!r}, 'status', '--all'])\n"
+        "print('rich' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
