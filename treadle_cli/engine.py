@@ -17,7 +17,7 @@ import threading
 import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
@@ -45,7 +45,7 @@ from .model import (
 )
 from .pipeline import Pipeline, StageSpec
 from .status import PipelineStatus, load_status
-from .store.base import EventSpec, StateStore
+from .store.base import ClaimRequest, EventSpec, StateStore
 
 log = logging.getLogger("treadle")
 
@@ -249,6 +249,9 @@ def _execute(spec: StageSpec, item: WorkItem, ctx: StageContext) -> StageOutcome
 # ------------------------------------------------------------------- the engine
 
 
+_Next = tuple[StageRecord, str]  # a stage claimed for this run, and its claim token
+
+
 @dataclass
 class _Run:
     item: Item
@@ -274,6 +277,10 @@ class Engine:
         self.lease = lease
         self.owner = current_owner()
         self._ancestors = self._compute_ancestors()
+        self._dependents: dict[str, list[str]] = {n: [] for n in pipeline.order}
+        for name in pipeline.order:
+            for dep in pipeline.stages[name].needs:
+                self._dependents[dep].append(name)
 
     def _compute_ancestors(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
@@ -429,13 +436,16 @@ class Engine:
                 return  # another process claimed it first
             rec, events = got
             self.bus.publish(events)
-        try:
-            self._work(run, spec, rec, claim)
-        except BaseException:
-            # Ctrl-C or a store error mid-run: hand the stage back rather than leave it
-            # "running" under an owner that is still alive.
-            self._release(run, spec.name, claim)
-            raise
+        nxt: _Next | None = (rec, claim)
+        while nxt is not None:  # a finished stage may hand us the next one of its chain
+            rec, claim = nxt
+            try:
+                nxt = self._work(run, self.pipeline.stages[rec.name], rec, claim)
+            except BaseException:
+                # Ctrl-C or a store error mid-run: hand the stage back rather than leave it
+                # "running" under an owner that is still alive.
+                self._release(run, rec.name, claim)
+                raise
 
     def _release(self, run: _Run, name: str, claim: str) -> None:
         try:
@@ -450,39 +460,87 @@ class Engine:
         except Exception:  # the store is failing: the claim dies with this process instead
             log.warning("%s %s: could not release the stage", run.item.id, name, exc_info=True)
 
-    def _work(self, run: _Run, spec: StageSpec, rec: StageRecord, claim: str) -> None:
+    def _work(self, run: _Run, spec: StageSpec, rec: StageRecord, claim: str) -> _Next | None:
         if rec.fanned_out:
-            self._run_fanout(run, spec, rec, claim)
-            return
+            return self._run_fanout(run, spec, rec, claim)
         ctx = self._context(run, spec, rec.attempts, with_review=rec.attempt_base > 0)
         try:
             outcome = _execute(spec, run.item, ctx)
         except _Attempt as failure:
             self._attempt_failed(run, spec, rec, claim, failure)
-            return
-        self._apply(run, spec, rec, claim, outcome)
+            return None
+        return self._apply(run, spec, rec, claim, outcome)
+
+    def _successor(self, run: _Run, name: str) -> StageRecord | None:
+        """The one stage that ``name`` finishing makes ready, if exactly one (else the loop
+        runs them, in parallel)."""
+        now = self.clock.now()
+        found: list[StageRecord] = []
+        for after in self._dependents[name]:
+            rec = run.stages.get(after)
+            if rec is None or rec.status != StageStatus.PENDING:
+                continue
+            if rec.next_attempt_at is not None and rec.next_attempt_at > now:
+                continue
+            needs = self.pipeline.stages[after].needs
+            if all(
+                d == name or run.stages[d].status in DONE_STATUSES for d in needs if d in run.stages
+            ):
+                found.append(rec)
+        return found[0] if len(found) == 1 else None
 
     def _finish(
-        self, run: _Run, name: str, claim: str, change: StageChange, events: list[EventSpec]
-    ) -> None:
+        self,
+        run: _Run,
+        name: str,
+        claim: str,
+        change: StageChange,
+        events: list[EventSpec],
+        chain: bool = False,
+    ) -> _Next | None:
+        """Record a result; with ``chain``, claim the next stage in the same transaction."""
+        nxt = self._successor(run, name) if chain else None
+        item_id, now = run.item.id, self.clock.now()
         with self.bus.ordered():
-            out = self.store.finish_stage(
-                run.item.id, name, claim=claim, change=change, events=events, now=self.clock.now()
-            )
+            if nxt is None:
+                out = self.store.finish_stage(
+                    item_id, name, claim=claim, change=change, events=events, now=now
+                )
+                claimed = None
+            else:
+                request = ClaimRequest(
+                    nxt,
+                    uuid.uuid4().hex,
+                    self.owner,
+                    self._lease_until(self.pipeline.stages[nxt.name]),
+                )
+                got = self.store.finish_and_claim(
+                    item_id,
+                    name,
+                    claim=claim,
+                    change=change,
+                    events=events,
+                    now=now,
+                    then=request,
+                )
+                out, claimed = got if got is not None else (None, None)
             self.bus.publish(out)
         if out is None:
-            log.warning(
-                "%s %s: claim taken over by another process; result dropped", run.item.id, name
-            )
+            log.warning("%s %s: claim taken over by another process; result dropped", item_id, name)
+            return None
+        if change.status in DONE_STATUSES and name in run.stages:
+            # What the next stage's context reads as this stage's output.
+            run.stages[name] = replace(run.stages[name], status=change.status, output=change.output)
+        return (claimed, claimed.claim) if claimed is not None and claimed.claim else None
 
     def _apply(
         self, run: _Run, spec: StageSpec, rec: StageRecord, claim: str, outcome: StageOutcome
-    ) -> None:
+    ) -> _Next | None:
         name = spec.name
         kind = outcome.kind
         if kind == OutcomeKind.COMPLETE:
-            self._completed(run, spec, claim, outcome.output)
-        elif kind == OutcomeKind.NEEDS_REVIEW:
+            return self._completed(run, spec, claim, outcome.output)
+        if kind == OutcomeKind.NEEDS_REVIEW:
             prompt = outcome.prompt or f"Review {name} of {run.item.id}"
             self._finish(
                 run,
@@ -497,12 +555,13 @@ class Engine:
                 [(EventKind.REVIEW_REQUIRED, None, {"prompt": prompt})],
             )
         elif kind == OutcomeKind.SKIP:
-            self._finish(
+            return self._finish(
                 run,
                 name,
                 claim,
                 StageChange(StageStatus.SKIPPED, clear=frozenset({"error", "traceback"})),
                 [(EventKind.STAGE_SKIPPED, None, {"reason": outcome.reason})],
+                chain=True,
             )
         elif kind == OutcomeKind.FAN_OUT:
             with self.bus.ordered():
@@ -511,10 +570,11 @@ class Engine:
                 )
                 self.bus.publish(events)
             if events is None:
-                return
-            self._run_fanout(run, spec, rec, claim)
+                return None
+            return self._run_fanout(run, spec, rec, claim)
+        return None
 
-    def _completed(self, run: _Run, spec: StageSpec, claim: str, output: Any) -> None:
+    def _completed(self, run: _Run, spec: StageSpec, claim: str, output: Any) -> _Next | None:
         clear = frozenset({"error", "traceback", "next_attempt_at"})
         if spec.review:
             prompt = f"Review the output of {spec.name} for {run.item.id}"
@@ -531,13 +591,14 @@ class Engine:
                 ),
                 [(EventKind.REVIEW_REQUIRED, None, {"prompt": prompt})],
             )
-            return
-        self._finish(
+            return None
+        return self._finish(
             run,
             spec.name,
             claim,
             StageChange(StageStatus.COMPLETED, output=output, clear=clear | {"output"}),
             [(EventKind.STAGE_COMPLETED, None, None)],
+            chain=True,
         )
 
     def _attempt_failed(
@@ -587,7 +648,7 @@ class Engine:
 
     # -------------------------------------------------------------- fan-out
 
-    def _run_fanout(self, run: _Run, spec: StageSpec, rec: StageRecord, claim: str) -> None:
+    def _run_fanout(self, run: _Run, spec: StageSpec, rec: StageRecord, claim: str) -> _Next | None:
         item_id = run.item.id
         while True:
             now = self.clock.now()
@@ -622,7 +683,7 @@ class Engine:
                     log.warning(
                         "%s %s: claim taken over by another process; stopping", item_id, spec.name
                     )
-                    return
+                    return None
                 continue
             later = [
                 s.next_attempt_at
@@ -634,7 +695,7 @@ class Engine:
                 self.clock.sleep((next_due - now).total_seconds())
                 continue
             break
-        self._settle_fanout(run, spec, subs, claim, next_due)
+        return self._settle_fanout(run, spec, subs, claim, next_due)
 
     def _settle_fanout(
         self,
@@ -643,12 +704,12 @@ class Engine:
         subs: list[SubtaskRecord],
         claim: str,
         next_due: datetime | None,
-    ) -> None:
+    ) -> _Next | None:
         status = fanout_stage_status(s.status for s in subs)
         name = spec.name
         if status == StageStatus.COMPLETED:
-            self._completed(run, spec, claim, {s.name: s.output for s in subs})
-        elif status in (StageStatus.PENDING, StageStatus.RUNNING):
+            return self._completed(run, spec, claim, {s.name: s.output for s in subs})
+        if status in (StageStatus.PENDING, StageStatus.RUNNING):
             self._finish(
                 run, name, claim, StageChange(StageStatus.PENDING, next_attempt_at=next_due), []
             )
@@ -682,6 +743,7 @@ class Engine:
                 ]
             )
             self._finish(run, name, claim, StageChange(status, error=error), events)
+        return None
 
     def _run_subtask(self, run: _Run, spec: StageSpec, sub: SubtaskRecord, claim: str) -> bool:
         """Run one attempt of a subtask; False when the stage's claim is no longer ours."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -37,6 +37,17 @@ from ..model import (
     fanout_stage_status,
     waiting_on,
 )
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    """Claim the stage ``expected`` describes, if its row still matches it."""
+
+    expected: StageRecord
+    claim: str
+    owner: Owner
+    lease_until: datetime | None
+
 
 #: An event to append: kind, subtask (or None) and data. Item and stage come from the call.
 EventSpec = tuple[EventKind, str | None, dict[str, Any] | None]
@@ -84,6 +95,17 @@ class StateStore(Protocol):
         events: Sequence[EventSpec],
         now: datetime,
     ) -> list[Event] | None: ...
+    def finish_and_claim(
+        self,
+        item_id: str,
+        stage: str,
+        *,
+        claim: str,
+        change: StageChange,
+        events: Sequence[EventSpec],
+        now: datetime,
+        then: ClaimRequest,
+    ) -> tuple[list[Event], StageRecord | None] | None: ...
     def add_subtasks(
         self,
         item_id: str,
@@ -330,6 +352,53 @@ class TransactionalStore:
             self._refresh_item(tx, item_id, now, out)
             return out
 
+    def _claim_in(
+        self,
+        tx: Tx,
+        item_id: str,
+        stage: str,
+        request: ClaimRequest,
+        now: datetime,
+        out: list[Event],
+    ) -> StageRecord | None:
+        expected, owner = request.expected, request.owner
+        check_transition("stage", expected.status, StageStatus.RUNNING)
+        rec = replace(expected, item_id=item_id, name=stage)
+        takeover = rec.status == StageStatus.RUNNING
+        previous = {"previous_owner": f"{rec.owner_host}:{rec.owner_pid}"} if takeover else {}
+        if not rec.fanned_out:
+            rec.attempts += 1
+        rec.status, rec.claim = StageStatus.RUNNING, request.claim
+        rec.owner_host, rec.owner_pid, rec.owner_started = owner.host, owner.pid, owner.started
+        rec.lease_until, rec.started_at, rec.updated_at = request.lease_until, now, now
+        rec.next_attempt_at = None
+        sets = {
+            "status": rec.status,
+            "claim": request.claim,
+            "owner_host": owner.host,
+            "owner_pid": owner.pid,
+            "owner_started": owner.started,
+            "lease_until": request.lease_until,
+            "started_at": now,
+            "updated_at": now,
+            "next_attempt_at": None,
+            "attempts": rec.attempts,
+        }
+        where = {
+            "status": expected.status,
+            "claim": expected.claim,
+            "updated_at": expected.updated_at,
+        }
+        if not tx.cas_stage(rec.item_id, rec.name, where, sets):
+            return None
+        data = {
+            "attempt": rec.attempts - rec.attempt_base,
+            "owner": f"{owner.host}:{owner.pid}",
+            **previous,
+        }
+        out.append(self._event(tx, EventKind.STAGE_STARTED, rec.item_id, rec.name, None, data, now))
+        return rec
+
     def claim_stage(
         self,
         item_id: str,
@@ -346,44 +415,35 @@ class TransactionalStore:
         The row must still match ``expected``'s status, claim and ``updated_at``, so a stale
         read can never claim a stage that changed since (even back to the same status).
         """
-        check_transition("stage", expected.status, StageStatus.RUNNING)
-        rec = replace(expected)
-        takeover = rec.status == StageStatus.RUNNING
-        previous = {"previous_owner": f"{rec.owner_host}:{rec.owner_pid}"} if takeover else {}
-        if not rec.fanned_out:
-            rec.attempts += 1
-        rec.status, rec.claim = StageStatus.RUNNING, claim
-        rec.owner_host, rec.owner_pid, rec.owner_started = owner.host, owner.pid, owner.started
-        rec.lease_until, rec.started_at, rec.updated_at = lease_until, now, now
-        rec.next_attempt_at = None
-        sets = {
-            "status": rec.status,
-            "claim": claim,
-            "owner_host": owner.host,
-            "owner_pid": owner.pid,
-            "owner_started": owner.started,
-            "lease_until": lease_until,
-            "started_at": now,
-            "updated_at": now,
-            "next_attempt_at": None,
-            "attempts": rec.attempts,
-        }
-        where = {
-            "status": expected.status,
-            "claim": expected.claim,
-            "updated_at": expected.updated_at,
-        }
+        request = ClaimRequest(expected, claim, owner, lease_until)
         with self._tx() as tx:
-            if not tx.cas_stage(item_id, stage, where, sets):
+            out: list[Event] = []
+            rec = self._claim_in(tx, item_id, stage, request, now, out)
+            if rec is None:
                 return None
-            data = {
-                "attempt": rec.attempts - rec.attempt_base,
-                "owner": f"{owner.host}:{owner.pid}",
-                **previous,
-            }
-            out = [self._event(tx, EventKind.STAGE_STARTED, item_id, stage, None, data, now)]
             self._refresh_item(tx, item_id, now, out)
             return rec, out
+
+    def _finish_in(
+        self,
+        tx: Tx,
+        item_id: str,
+        stage: str,
+        claim: str,
+        change: StageChange,
+        events: Sequence[EventSpec],
+        now: datetime,
+    ) -> list[Event] | None:
+        check_transition("stage", StageStatus.RUNNING, change.status)
+        sets = _change_sets(change)
+        sets.update(dict.fromkeys(_CLAIM_FIELDS), updated_at=now)
+        if change.status == StageStatus.AWAITING_REVIEW:
+            sets["requested_at"] = now
+        if change.status != StageStatus.PENDING:
+            sets["finished_at"] = now
+        if not tx.cas_stage(item_id, stage, {"status": StageStatus.RUNNING, "claim": claim}, sets):
+            return None
+        return [self._event(tx, kind, item_id, stage, sub, data, now) for kind, sub, data in events]
 
     def finish_stage(
         self,
@@ -396,23 +456,38 @@ class TransactionalStore:
         now: datetime,
     ) -> list[Event] | None:
         """Write the result of a run we still hold; ``None`` if our claim was taken over."""
-        check_transition("stage", StageStatus.RUNNING, change.status)
-        sets = _change_sets(change)
-        sets.update(dict.fromkeys(_CLAIM_FIELDS), updated_at=now)
-        if change.status == StageStatus.AWAITING_REVIEW:
-            sets["requested_at"] = now
-        if change.status != StageStatus.PENDING:
-            sets["finished_at"] = now
         with self._tx() as tx:
-            if not tx.cas_stage(
-                item_id, stage, {"status": StageStatus.RUNNING, "claim": claim}, sets
-            ):
-                return None
-            out = [
-                self._event(tx, kind, item_id, stage, sub, data, now) for kind, sub, data in events
-            ]
-            self._refresh_item(tx, item_id, now, out)
+            out = self._finish_in(tx, item_id, stage, claim, change, events, now)
+            if out is not None:
+                self._refresh_item(tx, item_id, now, out)
             return out
+
+    def finish_and_claim(
+        self,
+        item_id: str,
+        stage: str,
+        *,
+        claim: str,
+        change: StageChange,
+        events: Sequence[EventSpec],
+        now: datetime,
+        then: ClaimRequest,
+    ) -> tuple[list[Event], StageRecord | None] | None:
+        """Finish ``stage`` and, in the same transaction, claim the stage it unblocked.
+
+        ``then.expected`` must be a stage whose other needs are done; the claim is a
+        compare-and-set like :meth:`claim_stage`, and simply not made if the row moved on.
+        One commit instead of two for each step of a chain.
+        """
+        with self._tx() as tx:
+            out = self._finish_in(tx, item_id, stage, claim, change, events, now)
+            if out is None:
+                return None
+            rec = None
+            if change.status in DONE_STATUSES:
+                rec = self._claim_in(tx, item_id, then.expected.name, then, now, out)
+            self._refresh_item(tx, item_id, now, out)
+            return out, rec
 
     def add_subtasks(
         self,
