@@ -16,7 +16,7 @@ import socket
 import threading
 import traceback
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cache
@@ -269,18 +269,27 @@ class Engine:
         clock: Clock,
         bus: EventBus,
         lease: float = DEFAULT_LEASE,
+        pool: Executor | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.store = store
         self.clock = clock
         self.bus = bus
         self.lease = lease
+        self._pool = pool
         self.owner = current_owner()
         self._ancestors = self._compute_ancestors()
         self._dependents: dict[str, list[str]] = {n: [] for n in pipeline.order}
         for name in pipeline.order:
             for dep in pipeline.stages[name].needs:
                 self._dependents[dep].append(name)
+
+    @property
+    def pool(self) -> Executor:
+        """Threads for subtasks: the workflow's shared pool, or one of our own."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="treadle-subtask")
+        return self._pool
 
     def _compute_ancestors(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
@@ -668,15 +677,7 @@ class Engine:
                 if workers == 1:
                     held = [self._run_subtask(run, spec, s, claim) for s in ready]
                 else:
-                    with ThreadPoolExecutor(
-                        max_workers=workers, thread_name_prefix="treadle-subtask"
-                    ) as pool:
-                        held = [
-                            f.result()
-                            for f in [
-                                pool.submit(self._run_subtask, run, spec, s, claim) for s in ready
-                            ]
-                        ]
+                    held = self._run_bounded(run, spec, ready, claim, workers)
                 if not any(held):
                     # Another process took the stage over: it runs the subtasks now, and
                     # spinning on claims that can only fail would never end.
@@ -696,6 +697,22 @@ class Engine:
                 continue
             break
         return self._settle_fanout(run, spec, subs, claim, next_due)
+
+    def _run_bounded(
+        self, run: _Run, spec: StageSpec, ready: list[SubtaskRecord], claim: str, workers: int
+    ) -> list[bool]:
+        """Run subtasks on the shared pool, never more than ``workers`` of them at once."""
+        held: list[bool] = []
+        running: set[Future[bool]] = set()
+        try:
+            for sub in ready:
+                if len(running) >= workers:
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    held += [f.result() for f in done]
+                running.add(self.pool.submit(self._run_subtask, run, spec, sub, claim))
+        finally:
+            done, _ = wait(running)
+        return held + [f.result() for f in done]
 
     def _settle_fanout(
         self,

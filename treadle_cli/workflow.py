@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import decisions
@@ -15,6 +17,9 @@ from .model import Clock, Event, RetryPolicy, Stage, SystemClock, WorkItem
 from .pipeline import Pipeline, StageSpec, build_pipeline, load_pipeline
 from .status import PipelineStatus, load_status
 from .store.base import StateStore
+
+#: Threads shared by every fan-out of a workflow; each stage's `concurrency` bounds its own.
+SUBTASK_THREADS = 32
 
 
 class WorkflowBuilder:
@@ -96,6 +101,8 @@ class Workflow:
         self.clock: Clock = clock or SystemClock()
         self.bus = EventBus()
         self.lease = lease
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     @staticmethod
     def builder(name: str = "default") -> WorkflowBuilder:
@@ -110,8 +117,19 @@ class Workflow:
     def name(self) -> str:
         return self.pipeline.name
 
+    def _subtask_pool(self) -> ThreadPoolExecutor:
+        # One pool for the workflow's lifetime: a pool per fan-out costs more than no-op work.
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=SUBTASK_THREADS, thread_name_prefix="treadle-subtask"
+                )
+            return self._pool
+
     def _engine(self, store: StateStore) -> Engine:
-        return Engine(self.pipeline, store, self.clock, self.bus, self.lease)
+        return Engine(
+            self.pipeline, store, self.clock, self.bus, self.lease, pool=self._subtask_pool()
+        )
 
     def advance(
         self, item: WorkItem | str, store: StateStore, *, data: Any = None, wait: float = 60.0
