@@ -419,7 +419,7 @@ def advance(
     if all_items:
         seen = {t[0] for t in targets}
         unfinished = ("pending", "running", "awaiting_review", "failed", "rejected")
-        for rec in store.iter_items(pipeline=wf.name, states=unfinished):
+        for rec in store.iter_summaries(pipeline=wf.name, states=unfinished):
             if rec.id not in seen:
                 targets.append((rec.id, None))
     results = _advance_many(wf, store, targets, jobs, wait, show_progress=not json_output)
@@ -743,7 +743,7 @@ def status(
     if _out_is_terminal():
         shown = 50 if limit is None else limit
         out = _console()
-        rows = list(store.iter_items(pipeline=pipeline, states=states, limit=shown))
+        rows = list(store.iter_summaries(pipeline=pipeline, states=states, limit=shown))
         if stage_counts:
             out.print(counts_table(stage_counts))
         if rows:
@@ -756,7 +756,7 @@ def status(
         return
     for line in counts_lines(stage_counts):
         typer.echo(line)
-    for rec in store.iter_items(pipeline=pipeline, states=states, limit=limit):
+    for rec in store.iter_summaries(pipeline=pipeline, states=states, limit=limit):
         typer.echo(item_line(rec))
 
 
@@ -772,14 +772,14 @@ def _stream_items_json(
     w = sys.stdout.write
     w('{"items": [')
     first = True
-    for rec in store.iter_items(pipeline=pipeline, states=states, limit=limit):
+    for rec in store.iter_summaries(pipeline=pipeline, states=states, limit=limit):
         w(
             ("" if first else ", ")
             + json.dumps(
                 {
                     "id": rec.id,
                     "pipeline": rec.pipeline,
-                    "state": rec.state.value,
+                    "state": rec.state,
                     "progress": rec.progress,
                     "waiting_on": rec.waiting_on,
                 }
@@ -971,7 +971,7 @@ def _watch_view(store: SqliteStateStore, item: str | None) -> Any:
 
         return status_tree(load_status(store, item))
     states = ["pending", "running", "awaiting_review", "failed", "rejected"]
-    rows = list(store.iter_items(states=states, limit=30))
+    rows = list(store.iter_summaries(states=states, limit=30))
     counts = store.count_items()
     return Group(
         counts_table(store.stage_counts()),

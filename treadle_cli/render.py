@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .model import Event, ItemRecord, ReviewData, StageStatus, iso, utcnow
 from .status import PipelineStatus
+from .store.base import ItemSummary
 
 if TYPE_CHECKING:
     from rich.console import Group
@@ -180,7 +181,7 @@ def status_lines(
 # ------------------------------------------------------------------ many items
 
 
-def items_table(rows: Iterable[ItemRecord], *, title: str | None = None) -> Table:
+def items_table(rows: Iterable[ItemRecord | ItemSummary], *, title: str | None = None) -> Table:
     from rich.markup import escape
     from rich.progress_bar import ProgressBar
     from rich.table import Table
@@ -196,16 +197,16 @@ def items_table(rows: Iterable[ItemRecord], *, title: str | None = None) -> Tabl
             Text(r.pipeline),
             ProgressBar(total=100, completed=r.progress, width=16),
             f"{r.progress:g}%",
-            styled(r.state.value),
+            styled(str(r.state)),
             escape(r.waiting_on or ""),
             age(r.updated_at, now),
         )
     return table
 
 
-def item_line(r: ItemRecord) -> str:
+def item_line(r: ItemRecord | ItemSummary) -> str:
     waiting = f" waiting_on={r.waiting_on!r}" if r.waiting_on else ""
-    return f"{r.id} {r.pipeline} {r.state.value} {r.progress:g}%{waiting}"
+    return f"{r.id} {r.pipeline} {r.state} {r.progress:g}%{waiting}"
 
 
 def counts_table(counts: Mapping[str, Mapping[str, int]], order: list[str] | None = None) -> Table:

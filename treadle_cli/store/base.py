@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..errors import ConflictError, UnknownItemError, UnknownStageError
 from ..model import (
@@ -37,6 +37,17 @@ from ..model import (
     fanout_stage_status,
     waiting_on,
 )
+
+
+class ItemSummary(NamedTuple):
+    """What item listings show; states are plain strings as stored."""
+
+    id: str
+    pipeline: str
+    state: str
+    progress: float
+    waiting_on: str | None
+    updated_at: str
 
 
 @dataclass(frozen=True)
