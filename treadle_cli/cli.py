@@ -351,7 +351,9 @@ def _decoded_lines(fh: Any, path: Path) -> Iterator[str]:
 def advance(
     ctx: typer.Context,
     pipeline: Annotated[Path, typer.Argument(metavar="PIPELINE", help="The pipeline YAML file.")],
-    items: Annotated[list[str] | None, typer.Argument(help="Item ids to register/advance.")] = None,
+    items: Annotated[
+        list[str] | None, typer.Argument(metavar="[ITEM]...", help="Item ids to register/advance.")
+    ] = None,
     data: Annotated[
         str | None, typer.Option("--data", help="JSON object: the data of items registered now.")
     ] = None,
@@ -689,7 +691,9 @@ def retry(
 @command
 def status(
     ctx: typer.Context,
-    item: Annotated[str | None, typer.Argument(help="One item: show its stage tree.")] = None,
+    item: Annotated[
+        str | None, typer.Argument(metavar="[ITEM]", help="One item: show its stage tree.")
+    ] = None,
     all_items: Annotated[bool, typer.Option("--all", help="Include completed items.")] = False,
     pipeline: Annotated[
         str | None, typer.Option("--pipeline", help="Only this pipeline's items.")
@@ -868,7 +872,7 @@ def history(
 def watch(
     ctx: typer.Context,
     item: Annotated[
-        str | None, typer.Argument(help="Follow one item (default: every item).")
+        str | None, typer.Argument(metavar="[ITEM]", help="Follow one item (default: every item).")
     ] = None,
     all_items: Annotated[
         bool, typer.Option("--all", help="Follow every item, including new ones.")
@@ -1050,4 +1054,19 @@ def graph(
 
 
 def main() -> None:
-    app(prog_name="treadle")
+    """The console script: usage errors become one line, like every other error."""
+    try:
+        code = app(prog_name="treadle", standalone_mode=False)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        if type(exc).__name__ == "Abort":  # Ctrl-C at a prompt
+            sys.exit(130)
+        show = getattr(exc, "format_message", None)
+        if show is None or not isinstance(getattr(exc, "exit_code", None), int):
+            raise
+        where = getattr(getattr(exc, "ctx", None), "command_path", None) or "treadle"
+        if message := show().strip():  # empty when bare `treadle` printed its help
+            sys.stderr.write(f"error: {message} — see `{where} --help`\n")
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

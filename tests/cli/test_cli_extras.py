@@ -22,3 +22,24 @@ def test_graph_json_lists_nodes_and_edges(cli, pl):
     assert out["nodes"]
     for dep, stage in out["edges"]:
         assert out["nodes"].index(dep) < out["nodes"].index(stage)
+
+
+def test_usage_errors_from_the_entry_point_are_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    treadle = Path(sys.executable).parent / "treadle"
+    cases = [
+        (["reject", "d-1", "review"], "Missing option '--reason'"),
+        (["graph", "x.yaml", "--format", "png"], "'png' is not one of"),
+        (["frobnicate"], "No such command 'frobnicate'"),
+    ]
+    for args, needle in cases:
+        out = subprocess.run(
+            [str(treadle), "--db", str(tmp_path / "t.db"), *args], capture_output=True, text=True
+        )
+        assert out.returncode == 2, args
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
+        assert not (tmp_path / "t.db").exists()
