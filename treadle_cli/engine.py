@@ -16,7 +16,7 @@ import socket
 import threading
 import traceback
 import uuid
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cache
@@ -701,18 +701,21 @@ class Engine:
     def _run_bounded(
         self, run: _Run, spec: StageSpec, ready: list[SubtaskRecord], claim: str, workers: int
     ) -> list[bool]:
-        """Run subtasks on the shared pool, never more than ``workers`` of them at once."""
-        held: list[bool] = []
-        running: set[Future[bool]] = set()
-        try:
-            for sub in ready:
-                if len(running) >= workers:
-                    done, running = wait(running, return_when=FIRST_COMPLETED)
-                    held += [f.result() for f in done]
-                running.add(self.pool.submit(self._run_subtask, run, spec, sub, claim))
-        finally:
-            done, _ = wait(running)
-        return held + [f.result() for f in done]
+        """Run subtasks on the shared pool: ``workers`` loops, each taking the next one."""
+        queue = iter(ready)
+        lock = threading.Lock()
+
+        def worker() -> list[bool]:
+            held: list[bool] = []
+            while True:
+                with lock:
+                    sub = next(queue, None)
+                if sub is None:
+                    return held
+                held.append(self._run_subtask(run, spec, sub, claim))
+
+        futures = [self.pool.submit(worker) for _ in range(workers)]
+        return [h for f in futures for h in f.result()]
 
     def _settle_fanout(
         self,
