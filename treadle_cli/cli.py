@@ -78,6 +78,14 @@ class State:
             self.db, durability=self.durability.value, timeout=self.timeout, readonly=readonly
         )
 
+    def open_for(self, item_id: str) -> SqliteStateStore:
+        """Open to change one item, with the durability its pipeline asked for."""
+        store = self.open(must_exist=True)
+        rec = store.get_item(item_id)
+        if rec is not None and rec.durability == "full":
+            store.use_durability("full")
+        return store
+
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (see README).")]
 WaitOpt = Annotated[
@@ -224,14 +232,22 @@ def _print_json(value: Any) -> None:
     sys.stdout.flush()
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def _parse_json(text: str, what: str) -> Any:
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise UsageError(
             f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
             hint="quote it, e.g. --data '{\"key\": 1}'",
         ) from None
+    except ValueError as exc:  # NaN, Infinity: Python reads them, JSON has no such values
+        raise UsageError(f"{what} is not valid JSON: {exc}", hint="use null or a number") from None
+    except RecursionError:
+        raise UsageError(f"{what} is nested too deeply", hint="flatten the JSON") from None
 
 
 def _json_object(text: str, what: str) -> dict[str, Any]:
@@ -574,7 +590,7 @@ def approve(
 
     state = _state(ctx)
     edited = _parse_json(output, "--output") if output is not None else None
-    store = state.open(must_exist=True)
+    store = state.open_for(item)
     result = decisions.approve(store, item, stage, by=by, comment=comment, output=edited)
     _finish_decision(state, store, result, advance_after, wait, json_output)
 
@@ -600,7 +616,7 @@ def reject(
     """
     from . import decisions
 
-    store = _state(ctx).open(must_exist=True)
+    store = _state(ctx).open_for(item)
     result = decisions.reject(store, item, stage, reason, by=by)
     _finish_decision(_state(ctx), store, result, False, 0.0, json_output)
 
@@ -657,7 +673,7 @@ def retry(
     from . import decisions
 
     state = _state(ctx)
-    store = state.open(must_exist=True)
+    store = state.open_for(item)
     events = decisions.retry(store, item, stage)
     st = _advance_registered(state, store, item, wait) if advance_after else None
     subtasks = (events[0].data or {}).get("subtasks", []) if events else []

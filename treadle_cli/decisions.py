@@ -58,9 +58,11 @@ class DecisionResult:
 
 def _check_json(value: Any, what: str) -> None:
     try:
-        json.dumps(value)
+        json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{what} is not JSON-serializable: {exc}") from exc
+    except RecursionError:
+        raise UsageError(f"{what} is nested too deeply") from None
 
 
 def decide(

@@ -119,9 +119,11 @@ def validate_item_id(item_id: str) -> str:
 
 def _json_problem(value: Any) -> str | None:
     try:
-        json.dumps(value)
+        json.dumps(value, allow_nan=False)  # NaN would be stored as text no JSON reader takes
     except (TypeError, ValueError) as exc:
         return str(exc)
+    except RecursionError:
+        return "nested too deeply"
     return None
 
 
@@ -324,7 +326,14 @@ class Engine:
         if rec is None:
             with self.bus.ordered():
                 rec, events = self.store.register_item(
-                    item_id, p.name, payload, p.path, p.hash, p.order, now
+                    item_id,
+                    p.name,
+                    payload,
+                    p.path,
+                    p.hash,
+                    p.order,
+                    now,
+                    durability=p.durability,
                 )
                 self.bus.publish(events)
         if rec.pipeline != p.name:
@@ -333,9 +342,13 @@ class Engine:
                 hint="advance it with its own pipeline file",
             )
         # sync_stages records the hash last, so a matching hash means the rows match too.
-        if rec.pipeline_hash != p.hash or rec.pipeline_path != p.path:
+        if (rec.pipeline_hash, rec.pipeline_path, rec.durability) != (p.hash, p.path, p.durability):
             with self.bus.ordered():
-                self.bus.publish(self.store.sync_stages(item_id, p.order, p.path, p.hash, now))
+                self.bus.publish(
+                    self.store.sync_stages(
+                        item_id, p.order, p.path, p.hash, now, durability=p.durability
+                    )
+                )
         return Item(item_id, rec.data)
 
     # -------------------------------------------------------------- advance

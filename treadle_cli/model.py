@@ -365,6 +365,7 @@ class ItemRecord:
     created_at: datetime
     updated_at: datetime
     waiting_on: str = "advance"
+    durability: str | None = None  # "full" when its pipeline asks for synced commits
 
 
 @dataclass

@@ -104,6 +104,12 @@ def parse_duration(value: str | int | float) -> float:
 # ------------------------------------------------------------------ validation
 
 
+def _one_line(text: str, limit: int = 400) -> str:
+    """A problem is one bounded line, whatever the file put into it (line breaks, bombs)."""
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 @dataclass
 class _Problem:
     text: str
@@ -325,7 +331,8 @@ class _Reader:
 
     def add(self, at: Any, message: str, *, is_import: bool = False) -> None:
         line = at if isinstance(at, int) else at.start_mark.line + 1
-        self.problems.append(_Problem(f"{self.label}:{line}: {message}", line, is_import=is_import))
+        text = _one_line(f"{self.label}:{line}: {message}")
+        self.problems.append(_Problem(text, line, is_import=is_import))
 
     def mapping(self, node: Any, what: str, allowed: Iterable[str] = (), dup: str = _DUP) -> dict:
         """Key -> (key node, value node); reports bad, duplicate and unknown keys."""
@@ -365,6 +372,9 @@ class _Reader:
         yaml = self.yaml
         try:
             root = yaml.compose(data, Loader=yaml.SafeLoader)
+        except RecursionError:
+            self.add(1, "invalid YAML: nested too deeply")
+            return None, "", []
         except yaml.YAMLError as exc:
             mark, cmark = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
@@ -491,7 +501,13 @@ class _Reader:
 
 
 def _args(kwargs: dict[str, Any] | None) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in (kwargs or {}).items())
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxstring, short.maxother, short.maxlevel = 40, 40, 2
+    return ", ".join(
+        f"{k if k.isidentifier() else repr(k)}={short.repr(v)}" for k, v in (kwargs or {}).items()
+    )
 
 
 def _named(stage: Stage, name: str) -> Stage:
@@ -525,7 +541,12 @@ def load_pipeline(path: str | os.PathLike[str]) -> Pipeline:
         ) from exc
 
     reader = _Reader(label, os.path.dirname(full))
-    name, description, specs = reader.read(data)
+    try:
+        name, description, specs = reader.read(data)
+    except RecursionError:  # e.g. a `with:` value nested thousands deep
+        raise PipelineError(
+            f"{label}: the file is nested too deeply to read", path=label, hint=hint
+        ) from None
     lines = {spec.name: spec.line or 0 for spec in specs}
 
     def locate(stage: str | None, need: str | None) -> tuple[str, int]:

@@ -76,6 +76,7 @@ class StateStore(Protocol):
         pipeline_hash: str | None,
         stages: Sequence[str],
         now: datetime,
+        durability: str | None = None,
     ) -> tuple[ItemRecord, list[Event]]: ...
     def sync_stages(
         self,
@@ -84,6 +85,7 @@ class StateStore(Protocol):
         path: str | None,
         pipeline_hash: str | None,
         now: datetime,
+        durability: str | None = None,
     ) -> list[Event]: ...
     def claim_stage(
         self,
@@ -303,6 +305,7 @@ class TransactionalStore:
         pipeline_hash: str | None,
         stages: Sequence[str],
         now: datetime,
+        durability: str | None = None,
     ) -> tuple[ItemRecord, list[Event]]:
         """Create the item with every stage pending; an existing item is returned untouched."""
         with self._tx() as tx:
@@ -310,7 +313,16 @@ class TransactionalStore:
             if existing is not None:
                 return existing, []
             rec = ItemRecord(
-                item_id, pipeline, data, path, pipeline_hash, ItemState.PENDING, 0.0, now, now
+                item_id,
+                pipeline,
+                data,
+                path,
+                pipeline_hash,
+                ItemState.PENDING,
+                0.0,
+                now,
+                now,
+                durability=durability,
             )
             tx.insert_item(rec)
             tx.insert_stages(
@@ -341,6 +353,7 @@ class TransactionalStore:
         path: str | None,
         pipeline_hash: str | None,
         now: datetime,
+        durability: str | None = None,
     ) -> list[Event]:
         """Match the item's stage rows to a (changed) pipeline: add new, deactivate removed."""
         with self._tx() as tx:
@@ -356,8 +369,13 @@ class TransactionalStore:
                 wanted.pop(rec.name, None)
             for name, i in wanted.items():
                 tx.insert_stage(StageRecord(item_id, name, StageStatus.PENDING, i, updated_at=now))
-            if (item.pipeline_path, item.pipeline_hash) != (path, pipeline_hash):
+            if (item.pipeline_path, item.pipeline_hash, item.durability) != (
+                path,
+                pipeline_hash,
+                durability,
+            ):
                 item.pipeline_path, item.pipeline_hash, item.updated_at = path, pipeline_hash, now
+                item.durability = durability
                 tx.update_item(item)
             out: list[Event] = []
             self._refresh_item(tx, item_id, now, out)

@@ -358,6 +358,7 @@ def _create_schema(conn: sqlite3.Connection) -> None:
             "created_at": text,
             "updated_at": text,
             "waiting_on": text,
+            "durability": text,
         },
         pk="id",
         not_null={"pipeline", "state", "created_at"},
@@ -564,9 +565,10 @@ class SqliteStateStore(TransactionalStore):
         app_id = c.execute("PRAGMA application_id").fetchone()[0]
         version = c.execute("PRAGMA user_version").fetchone()[0]
         tables = c.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        if app_id != APPLICATION_ID and tables:
+        if app_id != APPLICATION_ID and (tables or app_id != 0):
+            what = "it holds other tables" if tables else f"its application_id is {app_id}"
             raise IncompatibleDatabaseError(
-                f"{self.path} is not a treadle database (it holds other tables)",
+                f"{self.path} is not a treadle database ({what})",
                 path=self.path,
                 hint="point --db at a treadle database or a new file",
             )
@@ -590,6 +592,13 @@ class SqliteStateStore(TransactionalStore):
             self._migrate(version)
         c.execute("PRAGMA journal_mode = WAL")
         c.execute(f"PRAGMA synchronous = {durability.upper()}")
+
+    def use_durability(self, durability: str) -> None:
+        """Sync commits on this connection from now on ("full") or not ("normal")."""
+        if durability not in ("normal", "full"):
+            raise UsageError(f"unknown durability {durability!r}", hint="use 'normal' or 'full'")
+        with self._lock:
+            self._conn.execute(f"PRAGMA synchronous = {durability.upper()}")
 
     def _migrate(self, version: int) -> None:
         c = self._conn

@@ -1,0 +1,225 @@
+"""Kill test: SIGKILL `treadle advance` at random moments while a human decides.
+
+One process after another runs ``treadle advance PIPELINE --items F --all --jobs 2`` over
+rounds of items going through prepare -> fan (4 subtasks, 3 at a time) -> gate (a human
+review) -> publish, and most are killed with SIGKILL after a random delay: while starting
+up, registering items, running stage code or committing. Meanwhile rel_approver.py
+approves, or rejects then retries, every review. After every kill the database must pass
+``PRAGMA integrity_check``; at the end every item is completed, every decision whose
+command exited 0 is in the ``decisions`` table, nothing the database recorded as done ran
+again, and each kill caused at most one re-run per execution slot (see rel_ledger.py).
+
+CI: 50 kills. ``make stress``: 1,000. The seed is printed; ``RELIABILITY_SEED=N`` replays
+the same delays (the processes' timing still varies).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+from rel_ledger import check, ran_to_end, read_events, read_ledger
+from rel_support import FAN_CONCURRENCY, HERE, KILL_PIPELINE, World, sized, wait_for
+
+pytestmark = [pytest.mark.stress, pytest.mark.timeout(sized(600, 4 * 3600))]
+
+KILLS = int(os.environ.get("RELIABILITY_KILLS", sized(50, 1000)))
+FULL_KILLS = int(os.environ.get("RELIABILITY_FULL_KILLS", sized(10, 100)))
+ITEMS_PER_ROUND = sized(30, 60)
+JOBS = 2
+SLOTS = JOBS * FAN_CONCURRENCY
+STAGE_KEYS = [
+    ("prepare", None),
+    ("fan", None),
+    *[("fan", s) for s in "abcd"],
+    ("gate", None),
+    ("publish", None),
+]
+
+
+def _delay(rng: random.Random) -> float:
+    # A quarter of the kills land while the process starts and registers items; the rest
+    # while stages run and commit.
+    return rng.uniform(0.0, 0.4) if rng.random() < 0.25 else rng.uniform(0.4, 1.6)
+
+
+def _has_schema(world: World) -> bool:
+    # A kill during the very first advance can leave the file before its schema commits.
+    return world.db.exists() and bool(
+        world.query("SELECT 1 FROM sqlite_master WHERE name = 'items'")
+    )
+
+
+def _unfinished(world: World) -> int:
+    if not _has_schema(world):
+        return -1
+    return world.query("SELECT count(*) FROM items WHERE state != 'completed'")[0][0]
+
+
+@pytest.mark.parametrize(
+    "durability",
+    [
+        "normal",
+        "full",
+    ],
+)
+def test_sigkill_advance_loses_nothing_and_repeats_only_interrupted_work(
+    world: World, figures: dict, durability: str
+) -> None:
+    kills_wanted = KILLS if durability == "normal" else FULL_KILLS
+    world.env["TREADLE_DURABILITY"] = durability
+    seed = int(os.environ.get("RELIABILITY_SEED", random.randrange(2**32)))
+    print(f"kill test seed: {seed} (RELIABILITY_SEED={seed} replays the delays)")
+    rng = random.Random(seed)
+    pipeline = world.pipeline("kill", KILL_PIPELINE)
+    decisions, commands, stop = (
+        world.root / n for n in ("decisions.jsonl", "commands.jsonl", "stop")
+    )
+    advance_err = (world.root / "advance.stderr").open("a")
+    approver = subprocess.Popen(
+        [sys.executable, str(HERE / "rel_approver.py"), str(decisions), str(commands), str(stop)],
+        env=world.env,
+        cwd=world.root,
+        stdout=subprocess.DEVNULL,
+        stderr=(world.root / "approver.stderr").open("w"),
+    )
+    started = time.monotonic()
+    killed: set[str] = set()
+    exits: Counter[int] = Counter()
+    rounds, runs, integrity_checks = 0, 0, 0
+    items_file = world.root / "items.jsonl"
+
+    def advance() -> tuple[subprocess.Popen[bytes], str]:
+        nonlocal runs
+        runs += 1
+        env = {**world.env, "RELIABILITY_RUN": str(runs)}
+        proc = subprocess.Popen(
+            world.cmd(
+                "advance",
+                str(pipeline),
+                "--items",
+                str(items_file),
+                "--all",
+                "--jobs",
+                str(JOBS),
+                "--wait",
+                "0",
+            ),
+            env=env,
+            cwd=world.root,
+            stdout=subprocess.DEVNULL,
+            stderr=advance_err,
+        )
+        return proc, f"{runs}:{proc.pid}"
+
+    def check_integrity(after: str) -> None:
+        nonlocal integrity_checks
+        integrity_checks += 1
+        result = world.integrity()
+        assert result == "ok", f"seed {seed}: integrity_check after {after}: {result}"
+
+    try:
+        while len(killed) < kills_wanted:
+            registered = (
+                world.query("SELECT count(*) FROM items")[0][0] if _has_schema(world) else 0
+            )
+            if registered == rounds * ITEMS_PER_ROUND and _unfinished(world) <= 0:
+                rounds += 1  # every item so far is done: a new round of items
+                items_file.write_text(
+                    "".join(
+                        json.dumps({"id": f"r{rounds}-{i:04d}", "data": {"round": rounds}}) + "\n"
+                        for i in range(1, ITEMS_PER_ROUND + 1)
+                    )
+                )
+            proc, name = advance()
+            try:
+                exits[proc.wait(timeout=_delay(rng))] += 1
+                time.sleep(0.05)  # nothing left to run until the approver acts
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                if proc.returncode == -signal.SIGKILL:
+                    killed.add(name)
+                else:  # it ended on its own just before the signal
+                    exits[proc.returncode] += 1
+            check_integrity(f"run {name} (kill {len(killed)})")
+
+        # Let the work finish: no more kills, the approver still deciding.
+        def settled() -> bool:
+            proc, _ = advance()
+            exits[proc.wait(timeout=600)] += 1
+            return _unfinished(world) == 0
+
+        assert wait_for(settled, timeout=300, interval=0.3), (
+            f"seed {seed}: items left unfinished: "
+            f"{world.query('SELECT id, state, waiting_on FROM items WHERE state != ?', ('completed',))}"
+        )
+    finally:
+        stop.touch()
+        try:
+            approver.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            approver.kill()
+            approver.wait()
+        advance_err.close()
+    check_integrity("the run")
+    duration = time.monotonic() - started
+
+    # Normal exits: 0, or 1 while an item sat rejected between the approver's reject and retry.
+    assert set(exits) <= {0, 1}, f"seed {seed}: advance exit codes {dict(exits)}"
+    err = (world.root / "advance.stderr").read_text()
+    for bad in ("Traceback", "error:", "locked"):
+        assert bad not in err, f"seed {seed}: {bad!r} in advance's stderr:\n{err[-3000:]}"
+
+    # The human's commands all succeeded, and none of their decisions was lost.
+    ran = [json.loads(line) for line in commands.read_text().splitlines()]
+    failed = [c for c in ran if c["rc"] != 0]
+    assert not failed, f"seed {seed}: approver commands failed: {failed[:5]}"
+    recorded = [json.loads(line) for line in decisions.read_text().splitlines()]
+    stored = world.query(
+        "SELECT item_id, stage, decision, coalesce(reason, comment) FROM decisions ORDER BY id"
+    )
+    assert sorted(map(tuple, (d.values() for d in recorded))) == sorted(map(tuple, stored)), (
+        f"seed {seed}: decisions that exited 0 differ from the decisions table"
+    )
+    items = [r[0] for r in world.query("SELECT id FROM items ORDER BY id")]
+    for item in items:
+        kinds = [d for i, _, d, _ in stored if i == item]
+        wanted = ["rejected", "approved"] if int(item.rsplit("-", 1)[1]) % 5 == 0 else ["approved"]
+        assert kinds == wanted, f"seed {seed}: {item} decisions {kinds}, expected {wanted}"
+
+    # Nothing done ran again; each kill cost at most one re-run per running slot.
+    executions = read_ledger(world.ledger)
+    verdict = check(executions, read_events(world.db), killed, SLOTS)
+    assert not verdict.violations, f"seed {seed}:\n" + "\n".join(verdict.violations[:20])
+    done = ran_to_end(executions)
+    missing = [(i, s, t) for i in items for s, t in STAGE_KEYS if (i, s, t) not in done]
+    assert not missing, f"seed {seed}: never ran to the end: {missing[:10]}"
+    assert len(items) >= 30 and _unfinished(world) == 0
+
+    figures.update(
+        seed=seed,
+        kills=len(killed),
+        runs_of_advance=runs,
+        natural_exits=dict(exits),
+        rounds=rounds,
+        items=len(items),
+        integrity_checks=integrity_checks,
+        stage_executions=verdict.executions,
+        interrupted_mid_stage=verdict.interrupted,
+        reruns_after_kills=verdict.repeats_after_kill,
+        max_reruns_per_kill=f"{verdict.max_per_kill} (limit {SLOTS})",
+        reruns_after_retry=verdict.repeats_explained,
+        decisions_exited_0=len(recorded),
+        decisions_lost=0,
+        approver_commands=len(ran),
+        durability=durability,
+        seconds=round(duration, 1),
+    )
