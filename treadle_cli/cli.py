@@ -96,6 +96,13 @@ WaitOpt = Annotated[
         help="Seconds to wait for retries due soon; later ones are left for the next call.",
     ),
 ]
+ItemArg = Annotated[str, typer.Argument(metavar="ITEM", help="The item id.")]
+AdvanceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--advance", help="Then advance the item with the pipeline file it was registered with."
+    ),
+]
 ByOpt = Annotated[str | None, typer.Option("--by", help="Who decides (default: the OS user).")]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -560,7 +567,7 @@ def _quote(text: str) -> str:
 @command
 def approve(
     ctx: typer.Context,
-    item: Annotated[str, typer.Argument(metavar="ITEM", help="The item id.")],
+    item: ItemArg,
     stage: Annotated[
         str,
         typer.Argument(metavar="STAGE[/SUBTASK]", help="STAGE or STAGE/SUBTASK awaiting review."),
@@ -573,12 +580,7 @@ def approve(
         str | None,
         typer.Option("--output", help="JSON: an edited output that downstream stages see instead."),
     ] = None,
-    advance_after: Annotated[
-        bool,
-        typer.Option(
-            "--advance", help="Then advance the item with the pipeline file it was registered with."
-        ),
-    ] = False,
+    advance_after: AdvanceOpt = False,
     wait: WaitOpt = 60.0,
     json_output: JsonOpt = False,
 ) -> None:
@@ -599,7 +601,7 @@ def approve(
 @command
 def reject(
     ctx: typer.Context,
-    item: Annotated[str, typer.Argument(metavar="ITEM", help="The item id.")],
+    item: ItemArg,
     stage: Annotated[
         str,
         typer.Argument(metavar="STAGE[/SUBTASK]", help="STAGE or STAGE/SUBTASK awaiting review."),
@@ -655,14 +657,9 @@ def _finish_decision(
 @command
 def retry(
     ctx: typer.Context,
-    item: Annotated[str, typer.Argument(metavar="ITEM", help="The item id.")],
+    item: ItemArg,
     stage: Annotated[str, typer.Argument(metavar="STAGE", help="A failed or rejected stage.")],
-    advance_after: Annotated[
-        bool,
-        typer.Option(
-            "--advance", help="Then advance the item with the pipeline file it was registered with."
-        ),
-    ] = False,
+    advance_after: AdvanceOpt = False,
     wait: WaitOpt = 60.0,
     json_output: JsonOpt = False,
 ) -> None:
@@ -848,7 +845,7 @@ def reviews(
 @command
 def history(
     ctx: typer.Context,
-    item: Annotated[str, typer.Argument(metavar="ITEM", help="The item id.")],
+    item: ItemArg,
     json_output: JsonOpt = False,
 ) -> None:
     """An item's events and decisions (who, when, why), oldest first.

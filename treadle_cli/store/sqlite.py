@@ -341,79 +341,31 @@ def _wrap_errors(fn: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+def _columns(cls: Any) -> dict[str, type]:
+    """Column types from a record's fields, so the tables and the records cannot drift."""
+    out: dict[str, type] = {}
+    for f in fields(cls):
+        kind = str(f.type)
+        out[f.name] = (
+            int if kind.startswith(("int", "bool")) else float if kind.startswith("float") else str
+        )
+    return out
+
+
 def _create_schema(conn: sqlite3.Connection) -> None:
     import sqlite_utils
 
     db = sqlite_utils.Database(conn)
-    text, integer, real = str, int, float
-    db["items"].create(
-        {
-            "id": text,
-            "pipeline": text,
-            "data": text,
-            "pipeline_path": text,
-            "pipeline_hash": text,
-            "state": text,
-            "progress": real,
-            "created_at": text,
-            "updated_at": text,
-            "waiting_on": text,
-            "durability": text,
-        },
-        pk="id",
-        not_null={"pipeline", "state", "created_at"},
-    )
+    text, integer = str, int
+    db["items"].create(_columns(ItemRecord), pk="id", not_null={"pipeline", "state", "created_at"})
     db["stages"].create(
-        {
-            "item_id": text,
-            "name": text,
-            "status": text,
-            "position": integer,
-            "active": integer,
-            "attempts": integer,
-            "attempt_base": integer,
-            "error": text,
-            "traceback": text,
-            "output": text,
-            "review_prompt": text,
-            "review_data": text,
-            "requested_at": text,
-            "next_attempt_at": text,
-            "fanned_out": integer,
-            "claim": text,
-            "owner_host": text,
-            "owner_pid": integer,
-            "owner_started": text,
-            "lease_until": text,
-            "started_at": text,
-            "finished_at": text,
-            "updated_at": text,
-        },
+        _columns(StageRecord),
         pk=("item_id", "name"),
         not_null={"status"},
         foreign_keys=[("item_id", "items", "id")],
     )
     db["subtasks"].create(
-        {
-            "item_id": text,
-            "stage": text,
-            "name": text,
-            "status": text,
-            "position": integer,
-            "data": text,
-            "attempts": integer,
-            "attempt_base": integer,
-            "error": text,
-            "traceback": text,
-            "output": text,
-            "review_prompt": text,
-            "review_data": text,
-            "requested_at": text,
-            "next_attempt_at": text,
-            "started_at": text,
-            "finished_at": text,
-            "updated_at": text,
-        },
+        _columns(SubtaskRecord),
         pk=("item_id", "stage", "name"),
         not_null={"status"},
         foreign_keys=[("item_id", "items", "id")],
