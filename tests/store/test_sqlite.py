@@ -656,3 +656,16 @@ def test_iter_items_streams_every_item_in_creation_order(db: SqliteStateStore) -
     assert [r.id for r in db.iter_items(pipeline="p")] == ["doc-1", "doc-3"]
     assert [r.id for r in db.iter_items(limit=2)] == ["doc-0", "doc-1"]
     assert [r.id for r in db.iter_items()] == [r.id for r in db.list_items()]
+
+
+@pytest.mark.parametrize("pragma", ["application_id = 1234", "user_version = 7"])
+def test_an_empty_database_marked_by_someone_else_is_refused_unchanged(tmp_path, pragma):
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA {pragma}")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(IncompatibleDatabaseError, match="not a treadle database"):
+        SqliteStateStore.open(path)
+    assert path.read_bytes() == before

@@ -517,8 +517,15 @@ class SqliteStateStore(TransactionalStore):
         app_id = c.execute("PRAGMA application_id").fetchone()[0]
         version = c.execute("PRAGMA user_version").fetchone()[0]
         tables = c.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        if app_id != APPLICATION_ID and (tables or app_id != 0):
-            what = "it holds other tables" if tables else f"its application_id is {app_id}"
+        if app_id != APPLICATION_ID and (tables or app_id or version):
+            # Every treadle database carries our application_id from its first commit.
+            what = (
+                "it holds other tables"
+                if tables
+                else f"its application_id is {app_id}"
+                if app_id
+                else f"its user_version is {version}"
+            )
             raise IncompatibleDatabaseError(
                 f"{self.path} is not a treadle database ({what})",
                 path=self.path,
