@@ -903,17 +903,30 @@ def watch(
     ] = 0.2,
     json_output: JsonOpt = False,
 ) -> None:
-    """Follow the database live while other processes change it. Ctrl-C exits 0.
+    """Follow the database live while other processes change it. Ctrl-C (or SIGTERM) exits 0.
 
     Examples: treadle watch · treadle watch doc-1 --until-settled · treadle watch --json
     """
     state = _state(ctx)
     if item is not None and all_items:
         raise UsageError("ITEM and --all both given", hint="pass one of them")
+    import signal
+    import threading
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # `kill PID` from a script ends it as cleanly as Ctrl-C does.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, stop)
     try:
         code = _watch(state, item, until_settled, interval, json_output)
     except KeyboardInterrupt:
         code = EXIT_OK
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     raise typer.Exit(code)
 
 

@@ -123,6 +123,9 @@ class Watcher:
             stderr=subprocess.PIPE,
             text=True,
             env=subprocess_env(),
+            # A runner started in the background ignores SIGINT, and children inherit that;
+            # Ctrl-C is what this test sends, so let the child receive it.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.lines: list[str] = []

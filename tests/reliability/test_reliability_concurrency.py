@@ -61,6 +61,8 @@ def test_eight_processes_at_once_lose_nothing_and_never_run_twice(
         cwd=world.root,
         stdout=watch_out,
         stderr=watch_err,
+        # A runner started in the background ignores SIGINT, and children inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     # watch starts from the end of the log: let it open the database before anything happens.
     assert wait_for(lambda: _has_open(watch.pid, world.db), timeout=30, interval=0.05)
