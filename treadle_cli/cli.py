@@ -427,7 +427,7 @@ def advance(
         raise UsageError(
             "no items to advance", hint="name items, or pass --items FILE.jsonl or --all"
         )
-    from .engine import validate_item_id
+    from .execution import validate_item_id
 
     for item_id, _ in targets:
         validate_item_id(item_id)
