@@ -9,8 +9,9 @@ approves, or rejects then retries, every review. After every kill the database m
 command exited 0 is in the ``decisions`` table, nothing the database recorded as done ran
 again, and each kill caused at most one re-run per execution slot (see rel_ledger.py).
 
-CI: 50 kills. ``make stress``: 1,000. The seed is printed; ``RELIABILITY_SEED=N`` replays
-the same delays (the processes' timing still varies).
+CI: 50 kills, and 10 under ``--durability full``. ``make stress``: 1,000 and 100. The seed
+is printed; ``RELIABILITY_SEED=N`` replays the same delays (the processes' timing still
+varies).
 """
 
 from __future__ import annotations
@@ -63,13 +64,7 @@ def _unfinished(world: World) -> int:
     return world.query("SELECT count(*) FROM items WHERE state != 'completed'")[0][0]
 
 
-@pytest.mark.parametrize(
-    "durability",
-    [
-        "normal",
-        "full",
-    ],
-)
+@pytest.mark.parametrize("durability", ["normal", "full"])
 def test_sigkill_advance_loses_nothing_and_repeats_only_interrupted_work(
     world: World, figures: dict, durability: str
 ) -> None:
