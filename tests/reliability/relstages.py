@@ -117,5 +117,10 @@ def wrong_type(item: Any, ctx: Any) -> Any:
     return 42
 
 
+def not_json(item: Any, ctx: Any) -> dict[str, Any]:
+    """Returns an output JSON cannot hold (NaN): a failed attempt, not a stored non-JSON."""
+    return {"score": float("nan")}
+
+
 def quick(item: Any, ctx: Any) -> None:
     return None

@@ -447,6 +447,21 @@ def test_deeply_nested_data_is_refused(world: World, quick: Path) -> None:
 # ------------------------------------------------------------------ stage results
 
 
+def test_outputs_that_are_not_json_are_refused(world: World) -> None:
+    """NaN is not JSON: a stage returning it fails its attempt; an approval with it exits 2."""
+    pipe = world.pipeline(
+        "n", "pipeline: n\nstages:\n  a: {uses: relstages:not_json}\n  g: {uses: relstages:gate}\n"
+    )
+    assert world.run("advance", str(pipe), "n-1").returncode == 1
+    stages = {s["name"]: s for s in world.json("status", "n-1")["stages"]}
+    assert stages["a"]["status"] == "failed" and "JSON" in stages["a"]["error"]
+    assert_refused(world.run("approve", "n-1", "g", "--output", '{"a": NaN}'), 2, "--output")
+    assert world.query("SELECT count(*) FROM decisions") == [(0,)]
+    assert world.query(
+        "SELECT count(*) FROM stages WHERE output IS NOT NULL AND json_valid(output) = 0"
+    ) == [(0,)]
+
+
 def test_stage_returning_a_wrong_type_is_a_clear_failed_attempt(world: World) -> None:
     pipe = world.pipeline(
         "w",
@@ -655,15 +670,20 @@ def test_missing_database_reads_as_empty_and_is_not_created(world: World) -> Non
     assert not world.db.exists()
 
 
-def test_empty_database_of_another_application_is_refused(world: World, quick: Path) -> None:
+@pytest.mark.parametrize("pragma", ["application_id = 1234", "user_version = 3"])
+def test_empty_database_of_another_application_is_refused(
+    world: World, quick: Path, pragma: str
+) -> None:
     other = world.root / "other.db"
     conn = sqlite3.connect(other)
-    conn.execute("PRAGMA application_id = 1234")
+    conn.execute(f"PRAGMA {pragma}")
     conn.commit()
     conn.close()
     before = _digest(other)
-    r = world.run("--db", str(other), "advance", str(quick), "x-1")
-    assert r.returncode == 4 and _digest(other) == before
+    for args in [("advance", str(quick), "x-1"), ("status",)]:
+        r = world.run("--db", str(other), *args)
+        assert_refused(r, 4, "not a treadle database")
+        assert _digest(other) == before
 
 
 # ----------------------------------------------------------------- fuzzing (hypothesis)
