@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from .status import PipelineStatus
-    from .store.sqlite import SqliteStateStore
+    from .store.protocol import StateStore
     from .workflow import Workflow
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONFLICT, EXIT_DB, EXIT_HUMAN = 0, 1, 2, 3, 4, 5
@@ -61,30 +61,27 @@ class GraphFormat(enum.StrEnum):
 class State:
     """Options shared by every command, built once per invocation."""
 
-    db: Path
+    db: str
     debug: bool
     durability: Durability
     timeout: float
 
-    def open(self, *, readonly: bool = False, must_exist: bool = False) -> SqliteStateStore:
-        from .store.sqlite import SqliteStateStore
+    def open(self, *, readonly: bool = False, must_exist: bool = False) -> StateStore:
+        """Open the database --db names; ``must_exist`` refuses to create one."""
+        from .store import database_exists, display_target, open_store
 
-        if must_exist and not (self.db.exists() and self.db.stat().st_size > 0):
+        if must_exist and not database_exists(self.db):
             raise UsageError(
-                f"no treadle database at {self.db}",
+                f"no treadle database at {display_target(self.db)}",
                 hint="pass --db PATH (or set TREADLE_DB), or run `treadle advance` first",
             )
-        return SqliteStateStore.open(
+        return open_store(
             self.db, durability=self.durability.value, timeout=self.timeout, readonly=readonly
         )
 
-    def open_for(self, item_id: str) -> SqliteStateStore:
-        """Open to change one item, with the durability its pipeline asked for."""
-        store = self.open(must_exist=True)
-        rec = store.get_item(item_id)
-        if rec is not None and rec.durability == "full":
-            store.use_durability("full")
-        return store
+    def open_for(self, item_id: str) -> StateStore:
+        """Open to change one item (the store syncs it as its pipeline asked)."""
+        return self.open(must_exist=True)
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (see README).")]
@@ -144,7 +141,7 @@ def command(fn: F) -> F:
         except TreadleError as exc:
             if debug:
                 traceback.print_exc()
-            _emit_error(exc, json_mode)
+            _emit_error(_with_cli_hint(exc), json_mode)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             sys.stderr.write("interrupted\n")
@@ -168,6 +165,15 @@ def command(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _with_cli_hint(exc: TreadleError) -> TreadleError:
+    """The library's hints name no flags; here they may say which option to change."""
+    from .errors import DatabaseLockedError
+
+    if isinstance(exc, DatabaseLockedError) and "busy timeout" in (exc.hint or ""):
+        exc.hint = "another process holds it; retry, or raise TREADLE_BUSY_TIMEOUT (seconds)"
+    return exc
+
+
 def _silence_stdout() -> None:
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -187,8 +193,13 @@ def _version(value: bool) -> None:
 def main_options(
     ctx: typer.Context,
     db: Annotated[
-        Path, typer.Option("--db", envvar="TREADLE_DB", help="The SQLite database file.")
-    ] = Path("treadle.db"),
+        str,
+        typer.Option(
+            "--db",
+            envvar="TREADLE_DB",
+            help="A SQLite file, or a PostgreSQL URL postgresql://USER@HOST/DB.",
+        ),
+    ] = "treadle.db",
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     durability: Annotated[
         Durability,
@@ -305,7 +316,7 @@ def _show_status(st: PipelineStatus, json_output: bool) -> None:
 
 
 def _advance_registered(
-    state: State, store: SqliteStateStore, item_id: str, wait: float
+    state: State, store: StateStore, item_id: str, wait: float
 ) -> PipelineStatus:
     """Advance an item with the pipeline file it was registered with."""
     rec = store.get_item(item_id)
@@ -469,7 +480,7 @@ def advance(
 
 def _advance_many(
     wf: Workflow,
-    store: SqliteStateStore,
+    store: StateStore,
     targets: list[tuple[str, dict[str, Any] | None]],
     jobs: int,
     wait: float,
@@ -625,7 +636,7 @@ def reject(
 
 def _finish_decision(
     state: State,
-    store: SqliteStateStore,
+    store: StateStore,
     result: Any,
     advance_after: bool,
     wait: float,
@@ -778,7 +789,7 @@ def status(
 
 
 def _stream_items_json(
-    store: SqliteStateStore,
+    store: StateStore,
     pipeline: str | None,
     states: list[str] | None,
     limit: int | None,
@@ -930,7 +941,7 @@ def watch(
     raise typer.Exit(code)
 
 
-def _settled_code(store: SqliteStateStore, item: str | None) -> int | None:
+def _settled_code(store: StateStore, item: str | None) -> int | None:
     if item is not None:
         rec = store.get_item(item)
         counts = {rec.state.value: 1} if rec else {}
@@ -949,7 +960,9 @@ def _watch(
     # Following every item, wait for the database to appear (creating it is not ours to do).
     # One item on a missing database is an unknown item, as for `status ITEM`: the
     # read-only store opened below reads a missing file as empty.
-    while item is None and not (state.db.exists() and state.db.stat().st_size > 0):
+    from .store import database_exists
+
+    while item is None and not database_exists(state.db):
         time.sleep(interval)
     store = state.open(readonly=True)
     if item is not None and store.get_item(item) is None:
@@ -991,7 +1004,7 @@ def _watch(
             live.stop()
 
 
-def _watch_view(store: SqliteStateStore, item: str | None) -> Any:
+def _watch_view(store: StateStore, item: str | None) -> Any:
     from rich.console import Group
 
     from .render import counts_table, items_table, status_tree, summary_text

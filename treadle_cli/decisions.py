@@ -11,7 +11,7 @@ from typing import Any
 from .errors import UsageError
 from .events import EventBus
 from .model import Clock, DecisionKind, Event, ReviewData, SystemClock
-from .store.base import StateStore
+from .store.protocol import StateStore
 
 
 def default_user() -> str:

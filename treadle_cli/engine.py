@@ -21,6 +21,8 @@ from .execution import (  # noqa: F401  (validate_item_id is part of this module
     _Attempt,
     _execute,
     _json_problem,
+    failed_attempt,
+    review_request,
     validate_item_id,
 )
 from .model import (
@@ -39,12 +41,11 @@ from .model import (
     SubtaskStatus,
     WorkItem,
     fanout_stage_status,
-    iso,
 )
 from .owners import _proc_start, current_owner, owner_is_dead  # noqa: F401
 from .pipeline import Pipeline, StageSpec
 from .status import PipelineStatus, load_status
-from .store.base import ClaimRequest, EventSpec, StateStore
+from .store.protocol import ClaimRequest, EventSpec, StateStore
 
 log = logging.getLogger("treadle")
 
@@ -369,18 +370,8 @@ class Engine:
             return self._completed(run, spec, claim, outcome.output)
         if kind == OutcomeKind.NEEDS_REVIEW:
             prompt = outcome.prompt or f"Review {name} of {run.item.id}"
-            self._finish(
-                run,
-                name,
-                claim,
-                StageChange(
-                    StageStatus.AWAITING_REVIEW,
-                    review_prompt=prompt,
-                    review_data=outcome.data,
-                    clear=frozenset({"error", "traceback", "output"}),
-                ),
-                [(EventKind.REVIEW_REQUIRED, None, {"prompt": prompt})],
-            )
+            change, events = review_request(StageChange, prompt, outcome.data)
+            self._finish(run, name, claim, change, events)
         elif kind == OutcomeKind.SKIP:
             return self._finish(
                 run,
@@ -432,46 +423,8 @@ class Engine:
         self, run: _Run, spec: StageSpec, rec: StageRecord, claim: str, failure: _Attempt
     ) -> None:
         used = rec.attempts - rec.attempt_base
-        if not failure.final and used < spec.retry.max_attempts:
-            delay = failure.delay if failure.delay is not None else spec.retry.delay(used)
-            due = self.clock.now() + timedelta(seconds=max(delay, 0.0))
-            self._finish(
-                run,
-                spec.name,
-                claim,
-                StageChange(
-                    StageStatus.PENDING,
-                    error=failure.error,
-                    traceback=failure.tb,
-                    next_attempt_at=due,
-                    clear=frozenset({"traceback"}),
-                ),
-                [
-                    (
-                        EventKind.STAGE_RETRYING,
-                        None,
-                        {
-                            "attempt": used,
-                            "error": failure.error,
-                            "delay": delay,
-                            "next_attempt_at": iso(due),
-                        },
-                    )
-                ],
-            )
-            return
-        self._finish(
-            run,
-            spec.name,
-            claim,
-            StageChange(
-                StageStatus.FAILED,
-                error=failure.error,
-                traceback=failure.tb,
-                clear=frozenset({"traceback", "next_attempt_at"}),
-            ),
-            [(EventKind.STAGE_FAILED, None, {"error": failure.error, "attempts": used})],
-        )
+        change, events = failed_attempt(StageChange, failure, used, spec.retry, self.clock.now())
+        self._finish(run, spec.name, claim, change, events)
 
     # -------------------------------------------------------------- fan-out
 
@@ -603,54 +556,20 @@ class Engine:
             with_review=sub.attempt_base > 0,
         )
         change: SubtaskChange
+        evs: list[EventSpec]
         try:
             outcome = _execute(spec, run.item, ctx)
             if outcome.kind in (OutcomeKind.FAN_OUT, OutcomeKind.SKIP):
                 raise _Attempt(f"ValueError: a subtask cannot return {outcome.kind.value}()")
         except _Attempt as failure:
             used = sub.attempts - sub.attempt_base
-            if not failure.final and used < spec.retry.max_attempts:
-                delay = failure.delay if failure.delay is not None else spec.retry.delay(used)
-                due = self.clock.now() + timedelta(seconds=max(delay, 0.0))
-                change = SubtaskChange(
-                    SubtaskStatus.PENDING,
-                    error=failure.error,
-                    traceback=failure.tb,
-                    next_attempt_at=due,
-                    clear=frozenset({"traceback"}),
-                )
-                evs: list[EventSpec] = [
-                    (
-                        EventKind.STAGE_RETRYING,
-                        sub.name,
-                        {
-                            "attempt": used,
-                            "error": failure.error,
-                            "delay": delay,
-                            "next_attempt_at": iso(due),
-                        },
-                    )
-                ]
-            else:
-                change = SubtaskChange(
-                    SubtaskStatus.FAILED,
-                    error=failure.error,
-                    traceback=failure.tb,
-                    clear=frozenset({"traceback"}),
-                )
-                evs = [
-                    (EventKind.SUBTASK_FAILED, sub.name, {"error": failure.error, "attempts": used})
-                ]
+            change, evs = failed_attempt(
+                SubtaskChange, failure, used, spec.retry, self.clock.now(), sub.name
+            )
         else:
             if outcome.kind == OutcomeKind.NEEDS_REVIEW:
                 prompt = outcome.prompt or f"Review {name}/{sub.name} of {item_id}"
-                change = SubtaskChange(
-                    SubtaskStatus.AWAITING_REVIEW,
-                    review_prompt=prompt,
-                    review_data=outcome.data,
-                    clear=frozenset({"error", "traceback"}),
-                )
-                evs = [(EventKind.REVIEW_REQUIRED, sub.name, {"prompt": prompt})]
+                change, evs = review_request(SubtaskChange, prompt, outcome.data, sub.name)
             else:
                 change = SubtaskChange(
                     SubtaskStatus.COMPLETED,

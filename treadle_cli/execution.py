@@ -12,13 +12,29 @@ import inspect
 import json
 import threading
 import traceback
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import UsageError
-from .model import OutcomeKind, StageContext, StageOutcome, WorkItem
+from .model import (
+    EventKind,
+    OutcomeKind,
+    RetryPolicy,
+    StageChange,
+    StageContext,
+    StageOutcome,
+    StageStatus,
+    SubtaskChange,
+    SubtaskStatus,
+    WorkItem,
+    iso,
+)
 
 if TYPE_CHECKING:
     from .pipeline import StageSpec
+    from .store.protocol import EventSpec
+
+Change = TypeVar("Change", StageChange, SubtaskChange)
 
 MAX_ITEM_ID = 200
 
@@ -166,3 +182,61 @@ def _execute(spec: StageSpec, item: WorkItem, ctx: StageContext) -> StageOutcome
             if (problem := _json_problem(s.data)) is not None:
                 raise _Attempt(f"TypeError: data of subtask {s.name!r} is not JSON-serializable")
     return outcome
+
+
+# ------------------------------------------------------- what a result does to its row
+# Written once for stages and subtasks: ``change`` is StageChange or SubtaskChange, and
+# ``subtask`` the subtask's name (None for a stage) as its events carry it.
+
+
+def _status(change: type[Change], value: str) -> Any:
+    return (SubtaskStatus if change is SubtaskChange else StageStatus)(value)
+
+
+def failed_attempt(
+    change: type[Change],
+    failure: _Attempt,
+    used: int,
+    policy: RetryPolicy,
+    now: datetime,
+    subtask: str | None = None,
+) -> tuple[Change, list[EventSpec]]:
+    """A failed attempt: pending again after its backoff while attempts remain, else failed."""
+    if not failure.final and used < policy.max_attempts:
+        delay = failure.delay if failure.delay is not None else policy.delay(used)
+        due = now + timedelta(seconds=max(delay, 0.0))
+        data = {
+            "attempt": used,
+            "error": failure.error,
+            "delay": delay,
+            "next_attempt_at": iso(due),
+        }
+        pending = change(
+            _status(change, "pending"),
+            error=failure.error,
+            traceback=failure.tb,
+            next_attempt_at=due,
+            clear=frozenset({"traceback"}),
+        )
+        return pending, [(EventKind.STAGE_RETRYING, subtask, data)]
+    kind = EventKind.STAGE_FAILED if subtask is None else EventKind.SUBTASK_FAILED
+    failed = change(
+        _status(change, "failed"),
+        error=failure.error,
+        traceback=failure.tb,
+        clear=frozenset({"traceback", "next_attempt_at"}),
+    )
+    return failed, [(kind, subtask, {"error": failure.error, "attempts": used})]
+
+
+def review_request(
+    change: type[Change], prompt: str, data: Any, subtask: str | None = None
+) -> tuple[Change, list[EventSpec]]:
+    """An attempt that asks a human: its prompt and data, awaiting review."""
+    waiting = change(
+        _status(change, "awaiting_review"),
+        review_prompt=prompt,
+        review_data=data,
+        clear=frozenset({"error", "traceback", "output"}),
+    )
+    return waiting, [(EventKind.REVIEW_REQUIRED, subtask, {"prompt": prompt})]

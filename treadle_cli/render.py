@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .model import Event, ItemRecord, ReviewData, StageStatus, iso, utcnow
 from .status import PipelineStatus
-from .store.base import ItemSummary
+from .store.protocol import ItemSummary
 
 if TYPE_CHECKING:
     from rich.console import Group

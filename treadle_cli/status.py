@@ -17,7 +17,7 @@ from .model import (
     iso,
     waiting_on,
 )
-from .store.base import StateStore
+from .store.protocol import StateStore
 
 
 @dataclass

@@ -16,7 +16,7 @@ from .events import EventBus, Subscription
 from .model import Clock, Event, RetryPolicy, Stage, SystemClock, WorkItem
 from .pipeline import Pipeline, StageSpec, build_pipeline, load_pipeline
 from .status import PipelineStatus, load_status
-from .store.base import StateStore
+from .store.protocol import StateStore
 
 #: Threads shared by every fan-out of a workflow; each stage's `concurrency` bounds its own.
 SUBTASK_THREADS = 32

@@ -1,7 +1,7 @@
 """finish_and_claim: finishing a stage and claiming the one it unblocked is one transaction."""
 
 from treadle_cli.model import EventKind, StageChange, StageStatus
-from treadle_cli.store.base import ClaimRequest
+from treadle_cli.store.protocol import ClaimRequest
 
 S = StageStatus
 

@@ -20,7 +20,8 @@ from ..model import (
     SubtaskRecord,
     SubtaskStatus,
 )
-from .base import TransactionalStore
+from .operations import TransactionalStore
+from .protocol import ItemSummary
 
 
 class _MemoryTx:
@@ -28,6 +29,9 @@ class _MemoryTx:
 
     def __init__(self, store: MemoryStateStore) -> None:
         self.s = store
+
+    def lock_item(self, item_id: str) -> None:
+        pass  # the store's lock is held for the whole transaction
 
     def get_item(self, item_id: str) -> ItemRecord | None:
         rec = self.s._items.get(item_id)
@@ -130,6 +134,8 @@ class _MemoryTx:
 class MemoryStateStore(TransactionalStore):
     """Keeps everything in dictionaries; nothing survives the process."""
 
+    location = ":memory:"
+
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._items: dict[str, ItemRecord] = {}
@@ -202,6 +208,20 @@ class MemoryStateStore(TransactionalStore):
             rows = sorted(self._matching(pipeline, states), key=lambda r: (r.created_at, r.id))
             end = None if limit is None else offset + limit
             return [copy.deepcopy(r) for r in rows[offset:end]]
+
+    def iter_summaries(
+        self,
+        *,
+        pipeline: str | None = None,
+        states: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> Iterator[ItemSummary]:
+        from ..model import iso
+
+        for r in self.list_items(pipeline=pipeline, states=states, limit=limit):
+            yield ItemSummary(
+                r.id, r.pipeline, r.state.value, r.progress, r.waiting_on, iso(r.updated_at) or ""
+            )
 
     def count_items(
         self, *, pipeline: str | None = None, states: Sequence[str] | None = None

@@ -1,19 +1,23 @@
-"""The StateStore protocol and the transition logic every store shares.
+"""Every transition, written once over the row primitives of :class:`~.protocol.Tx`.
 
 A store speaks in atomic operations: register an item, claim a stage, finish it, record a
-decision, reset a stage, append events, query. Each operation is one transaction, and the
-events it appends are written in that same transaction, so the log and the state never
-disagree. Stores implement a handful of row primitives (:class:`Tx`); the operations
-themselves are written once, in :class:`TransactionalStore`.
+decision, reset a stage. Each operation is one transaction that first locks its item's row,
+and the events it appends are written in that same transaction, so the log and the state
+never disagree. A backend whose transactions can lose a race (a serialization failure, a
+deadlock, two processes registering one item) raises :class:`RetryTransaction` and the
+operation runs again from the start; nothing of the lost attempt was committed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import random
+import time
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
-from typing import Any, NamedTuple, Protocol
+from typing import Any, TypeVar
 
 from ..errors import ConflictError, UnknownItemError, UnknownStageError
 from ..model import (
@@ -37,195 +41,39 @@ from ..model import (
     fanout_stage_status,
     waiting_on,
 )
+from .protocol import ClaimRequest, EventSpec, Tx
+
+#: How often an operation that lost a race is run again before the error is shown.
+MAX_TRIES = 20
 
 
-class ItemSummary(NamedTuple):
-    """What item listings show; states are plain strings as stored."""
+class RetryTransaction(Exception):
+    """Raised by a backend when a transaction lost a race and may simply run again."""
 
-    id: str
-    pipeline: str
-    state: str
-    progress: float
-    waiting_on: str | None
-    updated_at: str
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
-@dataclass(frozen=True)
-class ClaimRequest:
-    """Claim the stage ``expected`` describes, if its row still matches it."""
-
-    expected: StageRecord
-    claim: str
-    owner: Owner
-    lease_until: datetime | None
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-#: An event to append: kind, subtask (or None) and data. Item and stage come from the call.
-EventSpec = tuple[EventKind, str | None, dict[str, Any] | None]
+def atomic(fn: F) -> F:
+    """Run an operation again, from the start, when its transaction lost a race."""
 
+    @functools.wraps(fn)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        for tries in range(1, MAX_TRIES + 1):
+            try:
+                return fn(self, *args, **kwargs)
+            except RetryTransaction as exc:
+                if tries == MAX_TRIES:
+                    raise self._gave_up(exc.error) from exc.error
+                # Jitter, so two losers of one race do not meet again at once.
+                time.sleep(random.uniform(0, 0.002 * tries))
+        raise AssertionError("unreachable")
 
-class StateStore(Protocol):
-    """What the engine needs from a store. Every mutating call is one atomic transaction."""
-
-    def register_item(
-        self,
-        item_id: str,
-        pipeline: str,
-        data: Any,
-        path: str | None,
-        pipeline_hash: str | None,
-        stages: Sequence[str],
-        now: datetime,
-        durability: str | None = None,
-    ) -> tuple[ItemRecord, list[Event]]: ...
-    def sync_stages(
-        self,
-        item_id: str,
-        stages: Sequence[str],
-        path: str | None,
-        pipeline_hash: str | None,
-        now: datetime,
-        durability: str | None = None,
-    ) -> list[Event]: ...
-    def claim_stage(
-        self,
-        item_id: str,
-        stage: str,
-        *,
-        expected: StageRecord,
-        claim: str,
-        owner: Owner,
-        now: datetime,
-        lease_until: datetime | None,
-    ) -> tuple[StageRecord, list[Event]] | None: ...
-    def finish_stage(
-        self,
-        item_id: str,
-        stage: str,
-        *,
-        claim: str,
-        change: StageChange,
-        events: Sequence[EventSpec],
-        now: datetime,
-    ) -> list[Event] | None: ...
-    def finish_and_claim(
-        self,
-        item_id: str,
-        stage: str,
-        *,
-        claim: str,
-        change: StageChange,
-        events: Sequence[EventSpec],
-        now: datetime,
-        then: ClaimRequest,
-    ) -> tuple[list[Event], StageRecord | None] | None: ...
-    def add_subtasks(
-        self,
-        item_id: str,
-        stage: str,
-        *,
-        claim: str,
-        subtasks: Sequence[SubTask],
-        now: datetime,
-    ) -> list[Event] | None: ...
-    def claim_subtask(
-        self,
-        item_id: str,
-        stage: str,
-        name: str,
-        *,
-        claim: str,
-        now: datetime,
-    ) -> tuple[SubtaskRecord, list[Event]] | None: ...
-    def finish_subtask(
-        self,
-        item_id: str,
-        stage: str,
-        name: str,
-        *,
-        claim: str,
-        change: SubtaskChange,
-        events: Sequence[EventSpec],
-        now: datetime,
-    ) -> list[Event] | None: ...
-    def decide(
-        self,
-        item_id: str,
-        stage: str,
-        subtask: str | None,
-        decision: ReviewData,
-        now: datetime,
-    ) -> tuple[bool, list[Event]]: ...
-    def reset_stage(self, item_id: str, stage: str, now: datetime) -> list[Event]: ...
-
-    def get_item(self, item_id: str) -> ItemRecord | None: ...
-    def get_stages(self, item_id: str, *, include_inactive: bool = False) -> list[StageRecord]: ...
-    def get_subtasks(self, item_id: str, stage: str | None = None) -> list[SubtaskRecord]: ...
-    def last_decision(
-        self, item_id: str, stage: str, subtask: str | None = None
-    ) -> ReviewData | None: ...
-    def decisions(self, item_id: str) -> list[ReviewData]: ...
-    def events(
-        self, *, after: int = 0, item_id: str | None = None, limit: int | None = None
-    ) -> list[Event]: ...
-    def last_event_id(self) -> int: ...
-    def list_items(
-        self,
-        *,
-        pipeline: str | None = None,
-        states: Sequence[str] | None = None,
-        limit: int | None = None,
-        offset: int = 0,
-    ) -> list[ItemRecord]: ...
-    def count_items(
-        self, *, pipeline: str | None = None, states: Sequence[str] | None = None
-    ) -> dict[str, int]: ...
-    def stage_counts(self, *, pipeline: str | None = None) -> dict[str, dict[str, int]]: ...
-    def pending_reviews(self, *, pipeline: str | None = None) -> list[dict[str, Any]]: ...
-    def close(self) -> None: ...
-
-
-class Tx(Protocol):
-    """Row primitives a store offers inside one transaction."""
-
-    def get_item(self, item_id: str) -> ItemRecord | None: ...
-    def insert_item(self, rec: ItemRecord) -> None: ...
-    def update_item(self, rec: ItemRecord) -> None: ...
-    def get_stage(self, item_id: str, stage: str) -> StageRecord | None: ...
-    def list_stages(self, item_id: str, include_inactive: bool) -> list[StageRecord]: ...
-    def insert_stage(self, rec: StageRecord) -> None: ...
-    def insert_stages(self, recs: list[StageRecord]) -> None: ...
-    def update_stage(self, rec: StageRecord) -> None: ...
-    def active_stages(self, item_id: str) -> list[tuple[str, str, datetime | None]]:
-        """(name, status, next_attempt_at) of the item's active stages, in pipeline order."""
-        ...
-
-    def get_subtask(self, item_id: str, stage: str, name: str) -> SubtaskRecord | None: ...
-    def list_subtasks(self, item_id: str, stage: str) -> list[SubtaskRecord]: ...
-    def insert_subtask(self, rec: SubtaskRecord) -> None: ...
-    def update_subtask(self, rec: SubtaskRecord) -> None: ...
-    def cas_stage(
-        self, item_id: str, stage: str, where: dict[str, Any], sets: dict[str, Any]
-    ) -> bool:
-        """Set ``sets`` on the stage row if its columns equal ``where``; True if it did."""
-        ...
-
-    def cas_subtask(
-        self, item_id: str, stage: str, name: str, where: dict[str, Any], sets: dict[str, Any]
-    ) -> bool: ...
-    def stage_claim(self, item_id: str, stage: str) -> tuple[str, str | None] | None:
-        """(status, claim) of a stage, or None if there is no such stage."""
-        ...
-
-    def set_item_summary(
-        self, item_id: str, state: ItemState, progress: float, waiting: str, now: datetime
-    ) -> bool:
-        """Store the derived state; True if it changed (an unchanged row is not written)."""
-        ...
-
-    def insert_event(self, ev: Event) -> Event: ...
-    def insert_decision(self, rev: ReviewData) -> ReviewData: ...
-    def last_decision(self, item_id: str, stage: str, subtask: str | None) -> ReviewData | None: ...
+    return wrapper  # type: ignore[return-value]
 
 
 _CLAIM_FIELDS = ("claim", "owner_host", "owner_pid", "owner_started", "lease_until")
@@ -257,6 +105,10 @@ class TransactionalStore:
 
     def _tx(self) -> AbstractContextManager[Tx]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _gave_up(self, error: Exception) -> Exception:
+        """The error to show when an operation kept losing races."""
+        return error
 
     # ----------------------------------------------------------------- helpers
 
@@ -296,6 +148,7 @@ class TransactionalStore:
 
     # -------------------------------------------------------------- operations
 
+    @atomic
     def register_item(
         self,
         item_id: str,
@@ -309,6 +162,7 @@ class TransactionalStore:
     ) -> tuple[ItemRecord, list[Event]]:
         """Create the item with every stage pending; an existing item is returned untouched."""
         with self._tx() as tx:
+            tx.lock_item(item_id)
             existing = tx.get_item(item_id)
             if existing is not None:
                 return existing, []
@@ -346,6 +200,7 @@ class TransactionalStore:
             # Return the row as stored: refreshing may have changed it (no stages: completed).
             return (rec if stages else tx.get_item(item_id) or rec), out
 
+    @atomic
     def sync_stages(
         self,
         item_id: str,
@@ -357,6 +212,7 @@ class TransactionalStore:
     ) -> list[Event]:
         """Match the item's stage rows to a (changed) pipeline: add new, deactivate removed."""
         with self._tx() as tx:
+            tx.lock_item(item_id)
             item = tx.get_item(item_id)
             if item is None:
                 raise UnknownItemError(item_id)
@@ -428,6 +284,7 @@ class TransactionalStore:
         out.append(self._event(tx, EventKind.STAGE_STARTED, rec.item_id, rec.name, None, data, now))
         return rec
 
+    @atomic
     def claim_stage(
         self,
         item_id: str,
@@ -446,6 +303,7 @@ class TransactionalStore:
         """
         request = ClaimRequest(expected, claim, owner, lease_until)
         with self._tx() as tx:
+            tx.lock_item(item_id)
             out: list[Event] = []
             rec = self._claim_in(tx, item_id, stage, request, now, out)
             if rec is None:
@@ -474,6 +332,7 @@ class TransactionalStore:
             return None
         return [self._event(tx, kind, item_id, stage, sub, data, now) for kind, sub, data in events]
 
+    @atomic
     def finish_stage(
         self,
         item_id: str,
@@ -486,11 +345,13 @@ class TransactionalStore:
     ) -> list[Event] | None:
         """Write the result of a run we still hold; ``None`` if our claim was taken over."""
         with self._tx() as tx:
+            tx.lock_item(item_id)
             out = self._finish_in(tx, item_id, stage, claim, change, events, now)
             if out is not None:
                 self._refresh_item(tx, item_id, now, out)
             return out
 
+    @atomic
     def finish_and_claim(
         self,
         item_id: str,
@@ -509,6 +370,7 @@ class TransactionalStore:
         One commit instead of two for each step of a chain.
         """
         with self._tx() as tx:
+            tx.lock_item(item_id)
             out = self._finish_in(tx, item_id, stage, claim, change, events, now)
             if out is None:
                 return None
@@ -518,6 +380,7 @@ class TransactionalStore:
             self._refresh_item(tx, item_id, now, out)
             return out, rec
 
+    @atomic
     def add_subtasks(
         self,
         item_id: str,
@@ -529,6 +392,7 @@ class TransactionalStore:
     ) -> list[Event] | None:
         """Record a fan-out. Subtasks that exist already keep their state and results."""
         with self._tx() as tx:
+            tx.lock_item(item_id)
             rec = tx.get_stage(item_id, stage)
             if rec is None or rec.claim != claim:
                 return None
@@ -556,6 +420,7 @@ class TransactionalStore:
             data = {"subtasks": [s.name for s in subtasks]}
             return [self._event(tx, EventKind.FAN_OUT, item_id, stage, None, data, now)]
 
+    @atomic
     def claim_subtask(
         self,
         item_id: str,
@@ -571,6 +436,7 @@ class TransactionalStore:
         With ``expected`` (a row read earlier) the start is a compare-and-set on it.
         """
         with self._tx() as tx:
+            tx.lock_item(item_id)
             held = tx.stage_claim(item_id, stage)
             if held is None or held[1] != claim:
                 return None
@@ -600,6 +466,7 @@ class TransactionalStore:
             ev = self._event(tx, EventKind.SUBTASK_STARTED, item_id, stage, name, data, now)
             return sub, [ev]
 
+    @atomic
     def finish_subtask(
         self,
         item_id: str,
@@ -619,6 +486,7 @@ class TransactionalStore:
         if change.status != SubtaskStatus.PENDING:
             sets["finished_at"] = now
         with self._tx() as tx:
+            tx.lock_item(item_id)
             held = tx.stage_claim(item_id, stage)
             if held is None or held[1] != claim:
                 return None
@@ -626,6 +494,7 @@ class TransactionalStore:
                 return None
             return [self._event(tx, kind, item_id, stage, s, data, now) for kind, s, data in events]
 
+    @atomic
     def decide(
         self,
         item_id: str,
@@ -640,6 +509,7 @@ class TransactionalStore:
         (``changed`` False); anything else not awaiting review is a ConflictError.
         """
         with self._tx() as tx:
+            tx.lock_item(item_id)
             rec = self._require_stage(tx, item_id, stage)
             target: StageRecord | SubtaskRecord = rec
             if subtask is not None:
@@ -729,9 +599,11 @@ class TransactionalStore:
             rec.status, rec.updated_at = new, now
             tx.update_stage(rec)
 
+    @atomic
     def reset_stage(self, item_id: str, stage: str, now: datetime) -> list[Event]:
         """Make a failed or rejected stage pending again; only failed subtasks will re-run."""
         with self._tx() as tx:
+            tx.lock_item(item_id)
             rec = self._require_stage(tx, item_id, stage)
             if rec.status not in (StageStatus.FAILED, StageStatus.REJECTED):
                 raise ConflictError(
