@@ -1,0 +1,1 @@
+"""treadle benchmarks: one module per workload, run by ``python bench/run.py``."""
