@@ -26,7 +26,7 @@ from treadle_cli.model import (
     SubtaskChange,
     SubtaskStatus,
 )
-from treadle_cli.store import MemoryStateStore, SqliteStateStore, StateStore
+from treadle_cli.store import MemoryStateStore, SqliteStateStore, StateStore, open_store
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 OWNER = Owner(host="host-a", pid=4242, started="boot-1")
@@ -37,13 +37,16 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def make_store(kind: str, path: Path) -> StateStore:
+def make_store(kind: str, path: Path, pg_url: str | None = None) -> StateStore:
     if kind == "memory":
         return MemoryStateStore()
+    if kind == "postgres":
+        assert pg_url is not None
+        return open_store(pg_url)
     return SqliteStateStore.open(path / "t.db")
 
 
-STORE_KINDS = ["memory", "sqlite"]
+STORE_KINDS = ["memory", "sqlite", "postgres"]
 
 
 class Driver:
@@ -245,8 +248,9 @@ class Driver:
 
 @pytest.fixture(params=STORE_KINDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
-    """Each store in turn: the in-memory one and SQLite on a real file."""
-    s = make_store(request.param, tmp_path)
+    """Each store in turn: in memory, SQLite on a real file, a real PostgreSQL server."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
+    s = make_store(request.param, tmp_path, url)
     try:
         yield s
     finally:

@@ -466,9 +466,12 @@ class NoSchemaYet(MemoryStateStore):
         super().__init__()
         self.location = location
 
-    def _tx(self) -> Any:
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
         raise StoreError(
             f"database {self.location} was opened read-only",
             path=self.location,
             hint="open it for writing to create the schema treadle",
         )
+
+    register_item = sync_stages = claim_stage = finish_stage = finish_and_claim = _refuse
+    add_subtasks = claim_subtask = finish_subtask = decide = reset_stage = _refuse
