@@ -383,11 +383,11 @@ class Engine:
             )
         elif kind == OutcomeKind.FAN_OUT:
             with self.bus.ordered():
-                events = self.store.add_subtasks(
+                fanned = self.store.add_subtasks(
                     run.item.id, name, claim=claim, subtasks=outcome.subtasks, now=self.clock.now()
                 )
-                self.bus.publish(events)
-            if events is None:
+                self.bus.publish(fanned)
+            if fanned is None:
                 return None
             return self._run_fanout(run, spec, rec, claim)
         return None

@@ -172,9 +172,9 @@ def _validate(
         start = cycle.index(min(cycle, key=index.__getitem__))
         cycle = cycle[start:] + cycle[:start]
         # Point at the `needs` entry that closes the loop on the first-declared stage.
-        where, line = locate(cycle[0], cycle[-1])
-        message = CycleError(cycle, where=where).message
-        problems.append(_Problem(message, line, cycle=cycle, where=where))
+        place, line = locate(cycle[0], cycle[-1])
+        message = CycleError(cycle, where=place).message
+        problems.append(_Problem(message, line, cycle=cycle, where=place))
     if problems:
         return problems, []
     return [], list(nx.lexicographical_topological_sort(g, key=index.__getitem__))
@@ -418,7 +418,7 @@ class _Reader:
         if isinstance(with_node := fields.get("with", (None, None))[1], self.yaml.MappingNode):
             self.mapping(with_node, f"in `with` {what}")  # only to report duplicate keys
         got = self.checked(fields, [k for k in STAGE_KEYS if k not in ("needs", "retry")], what)
-        opts = {k: got[k] for k in ("concurrency", "timeout", "review") if k in got}
+        opts: dict[str, Any] = {k: got[k] for k in ("concurrency", "timeout", "review") if k in got}
         opts["needs"] = self.needs(name, fields.get("needs", (None, None))[1])
         if "retry" in fields:
             opts["retry"] = self.retry(name, fields["retry"][1])

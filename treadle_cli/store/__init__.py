@@ -102,3 +102,10 @@ __all__ = [
     "is_postgres",
     "open_store",
 ]
+
+if TYPE_CHECKING:
+    # mypy checks here that every backend still satisfies the protocol.
+    def _conforms(
+        memory: MemoryStateStore, sqlite: SqliteStateStore, postgres: PostgresStateStore
+    ) -> list[StateStore]:
+        return [memory, sqlite, postgres]

@@ -291,6 +291,7 @@ class PostgresStateStore(SqlStore):
                 "WHERE n.nspname = %s)",
                 (SCHEMA, f"{SCHEMA}.meta", SCHEMA),
             ).fetchone()
+            assert row is not None  # one row, always
             has_schema, has_meta, relations = row
             if not has_meta:
                 if has_schema and relations:

@@ -533,7 +533,8 @@ class SqlStore(TransactionalStore):
         sql, params = self._items_query(ItemSummary._fields, pipeline, states, limit)
         for row in self._stream(sql, params):
             at = row[5]  # summaries carry times as ISO text, as SQLite stores them
-            yield ItemSummary(*row[:5], at if at is None or isinstance(at, str) else iso(at))
+            text = at if isinstance(at, str) else iso(at)
+            yield ItemSummary(row[0], row[1], row[2], row[3], row[4], text or "")
 
     def count_items(
         self, *, pipeline: str | None = None, states: Sequence[str] | None = None

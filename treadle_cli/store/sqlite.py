@@ -69,20 +69,22 @@ def _create_schema(conn: sqlite3.Connection) -> None:
 
     db = sqlite_utils.Database(conn)
     text, integer = str, int
-    db["items"].create(_columns(ItemRecord), pk="id", not_null={"pipeline", "state", "created_at"})
-    db["stages"].create(
+    db.table("items").create(
+        _columns(ItemRecord), pk="id", not_null={"pipeline", "state", "created_at"}
+    )
+    db.table("stages").create(
         _columns(StageRecord),
         pk=("item_id", "name"),
         not_null={"status"},
         foreign_keys=[("item_id", "items", "id")],
     )
-    db["subtasks"].create(
+    db.table("subtasks").create(
         _columns(SubtaskRecord),
         pk=("item_id", "stage", "name"),
         not_null={"status"},
         foreign_keys=[("item_id", "items", "id")],
     )
-    db["decisions"].create(
+    db.table("decisions").create(
         {
             "id": integer,
             "item_id": text,
@@ -98,7 +100,7 @@ def _create_schema(conn: sqlite3.Connection) -> None:
         pk="id",
         foreign_keys=[("item_id", "items", "id")],
     )
-    db["events"].create(
+    db.table("events").create(
         {
             "id": integer,
             "ts": text,
@@ -113,10 +115,10 @@ def _create_schema(conn: sqlite3.Connection) -> None:
     # Indexes are chosen for the write path: nothing indexes items.state, which changes on
     # every transition; stage counts read a covering index; the review inbox reads partial
     # indexes that only change when a review starts or ends.
-    db["items"].create_index(["created_at", "id"])
-    db["items"].create_index(["pipeline"])
-    db["decisions"].create_index(["item_id"])
-    db["events"].create_index(["item_id", "id"])
+    db.table("items").create_index(["created_at", "id"])
+    db.table("items").create_index(["pipeline"])
+    db.table("decisions").create_index(["item_id"])
+    db.table("events").create_index(["item_id", "id"])
     conn.execute("CREATE INDEX idx_stages_counts ON stages (name, status) WHERE active = 1")
     conn.execute(
         "CREATE INDEX idx_stages_reviews ON stages (item_id) WHERE status = 'awaiting_review'"

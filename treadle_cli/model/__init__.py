@@ -1,0 +1,77 @@
+"""The model: statuses and their transitions, what stage authors write against, the
+records the stores keep, and time. ``from treadle_cli.model import X`` works for all of it.
+"""
+
+from .clock import Clock, SystemClock, iso, parse_ts, utcnow
+from .records import (
+    Event,
+    ItemRecord,
+    Owner,
+    StageChange,
+    StageRecord,
+    SubtaskChange,
+    SubtaskRecord,
+)
+from .stage import (
+    DecisionKind,
+    Item,
+    OutcomeKind,
+    RetryPolicy,
+    ReviewData,
+    Stage,
+    StageCallable,
+    StageContext,
+    StageOutcome,
+    SubTask,
+    WorkItem,
+)
+from .states import (
+    DONE_STATUSES,
+    STAGE_TRANSITIONS,
+    SUBTASK_TRANSITIONS,
+    EventKind,
+    ItemState,
+    StageStatus,
+    SubtaskStatus,
+    check_transition,
+    derive_item_state,
+    fanout_stage_status,
+    waiting_on,
+)
+
+__all__ = [
+    "DONE_STATUSES",
+    "STAGE_TRANSITIONS",
+    "SUBTASK_TRANSITIONS",
+    "Clock",
+    "DecisionKind",
+    "Event",
+    "EventKind",
+    "Item",
+    "ItemRecord",
+    "ItemState",
+    "OutcomeKind",
+    "Owner",
+    "RetryPolicy",
+    "ReviewData",
+    "Stage",
+    "StageCallable",
+    "StageChange",
+    "StageContext",
+    "StageOutcome",
+    "StageRecord",
+    "StageStatus",
+    "SubTask",
+    "SubtaskChange",
+    "SubtaskRecord",
+    "SubtaskStatus",
+    "SystemClock",
+    "WorkItem",
+    "check_transition",
+    "derive_item_state",
+    "fanout_stage_status",
+    "iso",
+    "parse_ts",
+    "utcnow",
+    "waiting_on",
+]
