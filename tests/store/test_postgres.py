@@ -461,3 +461,32 @@ def test_an_operation_that_keeps_losing_gives_up_with_a_store_error() -> None:
     with pytest.raises(StoreError, match="gave up"):
         flaky.op()
     assert flaky.calls == MAX_TRIES
+
+
+def test_in_process_subscribers_see_every_event_in_log_order(pg_url: str) -> None:
+    """Threads advancing items at once through one PostgreSQL store: a subscriber gets each
+    committed event exactly once, in the order of the log."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from treadle_cli import StageOutcome, SubTask, Workflow
+
+    def fan(item: Any, ctx: Any) -> Any:
+        if ctx.subtask is None:
+            return StageOutcome.fan_out([SubTask(f"s{i}") for i in range(4)])
+        return {"s": ctx.subtask}
+
+    wf = (
+        Workflow.builder("sub")
+        .stage("a", lambda item, ctx: {"a": 1})
+        .stage("b", fan, needs="a", concurrency=3)
+        .stage("c", lambda item, ctx: None, needs="b")
+        .build()
+    )
+    store = open_store(pg_url)
+    sub = wf.subscribe()
+    with ThreadPoolExecutor(4) as pool:
+        states = list(pool.map(lambda n: wf.advance(f"doc-{n}", store).state, range(12)))
+    assert set(states) == {"completed"}
+    got = [e.id for e in sub.drain()]
+    assert got == [e.id for e in store.events()]
+    assert got == sorted(got) and len(got) == len(set(got))
