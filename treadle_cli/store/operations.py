@@ -6,29 +6,24 @@ and the events it appends are written in that same transaction, so the log and t
 never disagree. A backend whose transactions can lose a race (a serialization failure, a
 deadlock, two processes registering one item) raises :class:`RetryTransaction` and the
 operation runs again from the start; nothing of the lost attempt was committed.
+Decisions and resets are in :mod:`.reviews`, what both build on in :mod:`.transactions`.
 """
 
 from __future__ import annotations
 
-import functools
-import random
-import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
-from ..errors import ConflictError, UnknownItemError, UnknownStageError
+from ..errors import UnknownItemError
 from ..model import (
     DONE_STATUSES,
-    DecisionKind,
     Event,
     EventKind,
     ItemRecord,
     ItemState,
     Owner,
-    ReviewData,
     StageChange,
     StageRecord,
     StageStatus,
@@ -37,114 +32,20 @@ from ..model import (
     SubtaskRecord,
     SubtaskStatus,
     check_transition,
-    derive_item_state,
-    fanout_stage_status,
-    waiting_on,
 )
 from .protocol import ClaimRequest, EventSpec, Tx
-
-#: How often an operation that lost a race is run again before the error is shown.
-MAX_TRIES = 20
-
-
-class RetryTransaction(Exception):
-    """Raised by a backend when a transaction lost a race and may simply run again."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
-        self.error = error
+from .reviews import ReviewOperations
+from .transactions import (  # noqa: F401  (re-exported: backends and tests use them from here)
+    CLAIM_FIELDS,
+    MAX_TRIES,
+    RetryTransaction,
+    atomic,
+    change_sets,
+)
 
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def atomic(fn: F) -> F:
-    """Run an operation again, from the start, when its transaction lost a race."""
-
-    @functools.wraps(fn)
-    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        for tries in range(1, MAX_TRIES + 1):
-            try:
-                return fn(self, *args, **kwargs)
-            except RetryTransaction as exc:
-                if tries == MAX_TRIES:
-                    raise self._gave_up(exc.error) from exc.error
-                # Jitter, so two losers of one race do not meet again at once.
-                time.sleep(random.uniform(0, 0.002 * tries))
-        raise AssertionError("unreachable")
-
-    return wrapper  # type: ignore[return-value]
-
-
-_CLAIM_FIELDS = ("claim", "owner_host", "owner_pid", "owner_started", "lease_until")
-
-
-_CHANGE_FIELDS = ("error", "traceback", "output", "review_prompt", "review_data", "next_attempt_at")
-
-
-def _apply_change(rec: Any, change: StageChange | SubtaskChange) -> None:
-    rec.status = change.status
-    for name, value in _change_sets(change).items():
-        setattr(rec, name, value)
-
-
-def _change_sets(change: StageChange | SubtaskChange) -> dict[str, Any]:
-    """The columns a change writes: given values, and None for the cleared ones."""
-    sets: dict[str, Any] = {"status": change.status}
-    for name in _CHANGE_FIELDS:
-        value = getattr(change, name)
-        if value is not None:
-            sets[name] = value
-        elif name in change.clear:
-            sets[name] = None
-    return sets
-
-
-class TransactionalStore:
+class TransactionalStore(ReviewOperations):
     """The atomic operations, written once over :class:`Tx` primitives."""
-
-    def _tx(self) -> AbstractContextManager[Tx]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _gave_up(self, error: Exception) -> Exception:
-        """The error to show when an operation kept losing races."""
-        return error
-
-    # ----------------------------------------------------------------- helpers
-
-    def _event(
-        self,
-        tx: Tx,
-        kind: EventKind,
-        item_id: str,
-        stage: str | None,
-        subtask: str | None,
-        data: dict[str, Any] | None,
-        now: datetime,
-    ) -> Event:
-        return tx.insert_event(Event(kind, item_id, stage, subtask, data, ts=now))
-
-    def _refresh_item(self, tx: Tx, item_id: str, now: datetime, out: list[Event]) -> None:
-        rows = tx.active_stages(item_id)
-        statuses = [s for _, s, _ in rows]
-        state = derive_item_state(statuses)
-        done = sum(1 for s in statuses if s in DONE_STATUSES)
-        progress = round(100.0 * done / len(statuses), 1) if statuses else 100.0
-        # A completed item has nothing left to change, so "changed to completed" is new.
-        if tx.set_item_summary(item_id, state, progress, waiting_on(rows), now):
-            if state == ItemState.COMPLETED:
-                out.append(
-                    self._event(tx, EventKind.ITEM_COMPLETED, item_id, None, None, None, now)
-                )
-
-    def _require_stage(self, tx: Tx, item_id: str, stage: str) -> StageRecord:
-        rec = tx.get_stage(item_id, stage)
-        if rec is None or not rec.active:
-            if tx.get_item(item_id) is None:
-                raise UnknownItemError(item_id)
-            known = [s.name for s in tx.list_stages(item_id, False)]
-            raise UnknownStageError(item_id, stage, known=known)
-        return rec
 
     # -------------------------------------------------------------- operations
 
@@ -322,8 +223,8 @@ class TransactionalStore:
         now: datetime,
     ) -> list[Event] | None:
         check_transition("stage", StageStatus.RUNNING, change.status)
-        sets = _change_sets(change)
-        sets.update(dict.fromkeys(_CLAIM_FIELDS), updated_at=now)
+        sets = change_sets(change)
+        sets.update(dict.fromkeys(CLAIM_FIELDS), updated_at=now)
         if change.status == StageStatus.AWAITING_REVIEW:
             sets["requested_at"] = now
         if change.status != StageStatus.PENDING:
@@ -479,7 +380,7 @@ class TransactionalStore:
         now: datetime,
     ) -> list[Event] | None:
         check_transition("subtask", SubtaskStatus.RUNNING, change.status)
-        sets = _change_sets(change)
+        sets = change_sets(change)
         sets["updated_at"] = now
         if change.status == SubtaskStatus.AWAITING_REVIEW:
             sets["requested_at"] = now
@@ -493,139 +394,3 @@ class TransactionalStore:
             if not tx.cas_subtask(item_id, stage, name, {"status": SubtaskStatus.RUNNING}, sets):
                 return None
             return [self._event(tx, kind, item_id, stage, s, data, now) for kind, s, data in events]
-
-    @atomic
-    def decide(
-        self,
-        item_id: str,
-        stage: str,
-        subtask: str | None,
-        decision: ReviewData,
-        now: datetime,
-    ) -> tuple[bool, list[Event]]:
-        """Approve or reject what awaits review. Returns (changed, events).
-
-        A decision identical to the last one on a target already decided is a no-op
-        (``changed`` False); anything else not awaiting review is a ConflictError.
-        """
-        with self._tx() as tx:
-            tx.lock_item(item_id)
-            rec = self._require_stage(tx, item_id, stage)
-            target: StageRecord | SubtaskRecord = rec
-            if subtask is not None:
-                sub = tx.get_subtask(item_id, stage, subtask)
-                if sub is None:
-                    names = [s.name for s in tx.list_subtasks(item_id, stage)]
-                    raise UnknownStageError(
-                        item_id, f"{stage}/{subtask}", known=[f"{stage}/{n}" for n in names] or None
-                    )
-                target = sub
-            elif rec.fanned_out and rec.status == StageStatus.AWAITING_REVIEW:
-                waiting = [
-                    s.name
-                    for s in tx.list_subtasks(item_id, stage)
-                    if s.status == SubtaskStatus.AWAITING_REVIEW
-                ]
-                if waiting:
-                    raise ConflictError(
-                        f"{item_id} {stage} waits on its subtasks, not on a decision of its own",
-                        hint="decide each one: " + ", ".join(f"{stage}/{n}" for n in waiting),
-                    )
-            where = f"{item_id} {stage}" + (f"/{subtask}" if subtask else "")
-            approve = decision.decision == DecisionKind.APPROVED
-            if target.status != StageStatus.AWAITING_REVIEW:
-                last = tx.last_decision(item_id, stage, subtask)
-                done = StageStatus.COMPLETED if approve else StageStatus.REJECTED
-                if (
-                    last is not None
-                    and last.decision == decision.decision
-                    and target.status == done
-                ):
-                    return False, []
-                raise ConflictError(
-                    f"{where} is {target.status}, not awaiting review",
-                    hint="see `treadle reviews` for what awaits a decision",
-                )
-            stored = tx.insert_decision(
-                replace(decision, item_id=item_id, stage=stage, subtask=subtask, at=now)
-            )
-            out: list[Event] = []
-            data: dict[str, Any] = {"by": stored.by, "decision_id": stored.id}
-            if approve:
-                if decision.output is not None:
-                    target.output = decision.output
-                elif target.output is None:
-                    target.output = target.review_data
-                target.status = StageStatus.COMPLETED
-                target.error = None
-                if stored.comment:
-                    data["comment"] = stored.comment
-            else:
-                target.status = StageStatus.REJECTED
-                target.error = f"rejected by {stored.by}: {stored.reason}"
-                data["reason"] = stored.reason
-            target.finished_at = target.updated_at = now
-            kind = EventKind.REVIEW_APPROVED if approve else EventKind.REVIEW_REJECTED
-            out.append(self._event(tx, kind, item_id, stage, subtask, data, now))
-            if isinstance(target, SubtaskRecord):
-                target.status = SubtaskStatus(target.status)
-                tx.update_subtask(target)
-                if approve:
-                    out.append(
-                        self._event(
-                            tx, EventKind.SUBTASK_COMPLETED, item_id, stage, subtask, None, now
-                        )
-                    )
-                self._follow_subtasks(tx, rec, now)
-            else:
-                target.status = StageStatus(target.status)
-                tx.update_stage(target)
-                if approve:
-                    out.append(
-                        self._event(tx, EventKind.STAGE_COMPLETED, item_id, stage, None, None, now)
-                    )
-            self._refresh_item(tx, item_id, now, out)
-            return True, out
-
-    def _follow_subtasks(self, tx: Tx, rec: StageRecord, now: datetime) -> None:
-        """After a subtask decision, move a stage nobody is running to match its subtasks."""
-        if rec.status == StageStatus.RUNNING:
-            return  # the running advance will settle it
-        new = fanout_stage_status(s.status for s in tx.list_subtasks(rec.item_id, rec.name))
-        if new == StageStatus.COMPLETED:
-            new = StageStatus.PENDING  # the next advance finishes it (output, review: always)
-        if new != rec.status:
-            check_transition("stage", rec.status, new)
-            rec.status, rec.updated_at = new, now
-            tx.update_stage(rec)
-
-    @atomic
-    def reset_stage(self, item_id: str, stage: str, now: datetime) -> list[Event]:
-        """Make a failed or rejected stage pending again; only failed subtasks will re-run."""
-        with self._tx() as tx:
-            tx.lock_item(item_id)
-            rec = self._require_stage(tx, item_id, stage)
-            if rec.status not in (StageStatus.FAILED, StageStatus.REJECTED):
-                raise ConflictError(
-                    f"{item_id} {stage} is {rec.status}; only a failed or rejected stage can be retried",
-                    hint="see `treadle status " + item_id + "`",
-                )
-            again: list[str] = []
-            if rec.fanned_out:
-                for sub in tx.list_subtasks(item_id, stage):
-                    if sub.status in (SubtaskStatus.FAILED, SubtaskStatus.REJECTED):
-                        sub.status, sub.attempt_base = SubtaskStatus.PENDING, sub.attempts
-                        sub.error = sub.traceback = sub.next_attempt_at = None
-                        sub.updated_at = now
-                        tx.update_subtask(sub)
-                        again.append(sub.name)
-                if not again:
-                    rec.fanned_out = False  # a rejected whole: run the stage itself again
-            rec.status, rec.attempt_base = StageStatus.PENDING, rec.attempts
-            rec.error = rec.traceback = rec.next_attempt_at = None
-            rec.updated_at = now
-            tx.update_stage(rec)
-            data = {"subtasks": again} if again else None
-            out = [self._event(tx, EventKind.STAGE_RESET, item_id, stage, None, data, now)]
-            self._refresh_item(tx, item_id, now, out)
-            return out
