@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import threading
@@ -30,6 +31,11 @@ from ..model import ItemRecord, StageRecord, SubtaskRecord
 from .memory import MemoryStateStore
 from .operations import RetryTransaction
 from .sql import JSON_COLS, Dialect, SqlStore, SqlTx, Statements, column_kinds
+
+# The pool retries connections in the background and logs each failure; the error that
+# reaches the caller already says what happened, so unless the application configured
+# logging these must not reach stderr through logging's last-resort handler.
+logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
 
 SCHEMA = "treadle"
 SCHEMA_VERSION = 1
