@@ -490,3 +490,26 @@ def test_in_process_subscribers_see_every_event_in_log_order(pg_url: str) -> Non
     got = [e.id for e in sub.drain()]
     assert got == [e.id for e in store.events()]
     assert got == sorted(got) and len(got) == len(set(got))
+
+
+def test_a_connection_the_server_dropped_fails_one_call_cleanly_then_recovers(
+    pg_url: str, pg_cluster: Any
+) -> None:
+    store = open_store(pg_url)
+    awaiting_review(store)
+    dbname = pg_url.rsplit("/", 1)[1]
+    with psycopg.connect(pg_cluster.admin_url("postgres"), autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND application_name = 'treadle'",
+            (dbname,),
+        )
+    outcomes = []
+    for _ in range(3):
+        try:
+            outcomes.append(store.decide("doc-1", "a", None, approval(), at(3)))
+        except StoreError as exc:
+            assert exc.exit_code == 4 and "\n" not in str(exc)
+            outcomes.append(exc)
+    assert any(isinstance(o, tuple) and o[0] for o in outcomes)
+    assert len(store.decisions("doc-1")) == 1
