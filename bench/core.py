@@ -246,6 +246,11 @@ def run_in_pty(
 
 
 FLOOR_TS = "2024-01-01T00:00:00.000000+00:00"
+#: a transition's two commits: (new status, event kind, event data)
+FLOOR_STEPS = (
+    ("running", "stage_started", '{"attempt":1}'),
+    ("completed", "stage_completed", None),
+)
 
 
 def floor_run(tmp: str, sync: str, items: int = 200, stages: int = 5) -> float:
@@ -273,11 +278,10 @@ def floor_run(tmp: str, sync: str, items: int = 200, stages: int = 5) -> float:
         "WHERE item_id = ? AND name = ?"
     )
     ins = "INSERT INTO events (ts, kind, item_id, stage, data) VALUES (?, ?, ?, ?, ?)"
-    steps = (("running", "stage_started", '{"attempt":1}'), ("completed", "stage_completed", None))
     ex = c.execute
     t0 = time.perf_counter()
     for item, stage in keys:
-        for status, kind, data in steps:
+        for status, kind, data in FLOOR_STEPS:
             ex("BEGIN IMMEDIATE")
             ex(upd, (status, FLOOR_TS, item, stage))
             ex(ins, (FLOOR_TS, kind, item, stage, data))

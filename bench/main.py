@@ -17,6 +17,7 @@ from bench.profiling import profile
 from bench.report import machine_info, print_summary, print_table, write_results
 from bench.tput import run_tput
 from bench.w1 import run_w1, run_w1_full
+from bench.w1pg import run_w1pg
 from bench.w2 import fanout_mem_child, run_w2
 from bench.w3 import run_w3
 from bench.watch import run_watch
@@ -25,6 +26,7 @@ from bench.watch import run_watch
 STEPS: dict[str, Callable[[Bench], None]] = {
     "W1": run_w1,
     "W1-full": run_w1_full,
+    "W1-pg": run_w1pg,
     "W2": run_w2,
     "W3": run_w3,
     "cli": run_cli,

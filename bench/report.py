@@ -35,7 +35,7 @@ class Row:
     key: str
     label: str
     unit: str
-    samples: list[float]
+    samples: list[float]  # none: the row was skipped, ``extra["skipped"]`` says why
     floor: float | None = None
     floor_label: str = ""
     target: str = ""
@@ -58,9 +58,11 @@ class Row:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        d["median"] = self.median
+        d["median"] = self.median if self.samples else None  # None: skipped, not NaN
         d["ratio"] = self.ratio
         d["verdict"] = {True: "pass", False: "FAIL", None: "info"}[self.ok]
+        if not self.samples:
+            d["verdict"] = "skipped"
         if self.ok is False and self.ok_by_ratio:
             d["verdict"] = "FAIL (absolute), pass as a ratio to the floor"
         if self.samples and len(self.samples) > 1:
@@ -96,7 +98,9 @@ def print_table(rows: list[Row]) -> None:
         body.append(
             [
                 r.label,
-                fmt(r.median, r.unit) + f"  n={len(r.samples)}",
+                fmt(r.median, r.unit) + f"  n={len(r.samples)}"
+                if r.samples
+                else f"skipped: {r.extra.get('skipped', '?')}",
                 floor,
                 ratio,
                 r.target or "—",
