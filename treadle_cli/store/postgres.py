@@ -30,7 +30,7 @@ from ..errors import DatabaseLockedError, IncompatibleDatabaseError, StoreError,
 from ..model import ItemRecord, StageRecord, SubtaskRecord
 from .memory import MemoryStateStore
 from .operations import RetryTransaction
-from .sql import JSON_COLS, Dialect, SqlStore, SqlTx, Statements, column_kinds
+from .sql import EVENT_COLS, JSON_COLS, Dialect, SqlStore, SqlTx, Statements, column_kinds
 
 # The pool retries connections in the background and logs each failure; the error that
 # reaches the caller already says what happened, so unless the application configured
@@ -203,16 +203,23 @@ class _PgTx(SqlTx):
         self.c.execute(_LOCK_ITEM, (item_id,))
 
     def _inserted_id(self, sql: str, params: Sequence[Any]) -> int:
-        return int(self.c.execute(sql + " RETURNING id", params).fetchone()[0])
-
-    def insert_event(self, ev: Any) -> Any:
-        if not self._ordered:
-            # Held to commit: the next writer's ids come after ours are visible.
-            self.c.execute("SELECT pg_advisory_xact_lock(%s)", (EVENT_LOCK,))
+        if sql is SQL.insert_event and not self._ordered:
+            # The first event takes the ordering lock in the same round trip; it is held
+            # to commit, so the next writer's ids come after ours are visible.
             self._ordered = True
-        return super().insert_event(ev)
+            sql = _INSERT_FIRST_EVENT
+        else:
+            sql = _RETURNING_ID[sql]
+        row = self.c.execute(sql, params).fetchone()
+        return int(row[0])
 
 
+_RETURNING_ID = {q: q + " RETURNING id" for q in (SQL.insert_event, SQL.insert_decision)}
+_INSERT_FIRST_EVENT = (
+    f"INSERT INTO {SCHEMA}.events ({', '.join(EVENT_COLS[1:])}) "
+    f"SELECT {', '.join(['%s'] * (len(EVENT_COLS) - 1))} "
+    f"FROM pg_advisory_xact_lock({EVENT_LOCK}) RETURNING id"
+)
 _LOCK_ITEM = f"SELECT 1 FROM {SCHEMA}.items WHERE id = %s FOR UPDATE"
 
 
