@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench stress clean
+.PHONY: install test lint demo demo-pg bench stress clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,6 +23,9 @@ lint: $(STAMP)
 demo: $(STAMP)
 	bash scripts/demo.sh
 
+demo-pg: $(STAMP)
+	bash scripts/demo.sh --postgres
+
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
@@ -30,4 +33,5 @@ stress: $(STAMP)
 	TREADLE_STRESS=1 $(BIN)/python -m pytest tests/reliability -m stress -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache build *.egg-info
+	test ! -d .demo-pg || $(BIN)/python scripts/pgcluster.py stop .demo-pg
+	rm -rf $(VENV) .demo .demo-pg .pytest_cache build *.egg-info

@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # The README's tour, run for real: every step prints the command it runs, so you can repeat it.
+# With --postgres it runs on a throwaway PostgreSQL server (scripts/pgcluster.py) instead of
+# the embedded SQLite file, and leaves that server running for you to explore.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 export TREADLE_DB=.demo/treadle.db
 PIPELINE=pipelines/document_review.yaml
+if [[ "${1:-}" == "--postgres" ]]; then
+  PGDIR="$PWD/.demo-pg"
+  [[ -d "$PGDIR" ]] && python scripts/pgcluster.py stop "$PGDIR" >/dev/null 2>&1 || true
+  TREADLE_DB=$(python scripts/pgcluster.py start "$PGDIR")
+  export TREADLE_DB
+fi
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 # advance and the --advance flags exit 1 when a stage failed or an item was rejected.
@@ -17,7 +25,7 @@ cat > .demo/items.jsonl <<'JSONL'
 {"id": "incident-report", "data": {"path": "docs/incident-report.md", "out": ".demo/out"}}
 JSONL
 
-echo "treadle demo: database $TREADLE_DB, pipeline $PIPELINE"
+echo "treadle demo: database $(python -c 'import sys; from treadle_cli.store import display_target; print(display_target(sys.argv[1]))' "$TREADLE_DB"), pipeline $PIPELINE"
 step treadle validate "$PIPELINE"
 step treadle graph "$PIPELINE"
 step cat .demo/items.jsonl
@@ -34,4 +42,7 @@ step treadle history incident-report
 step treadle status --all
 step ls .demo/out
 echo
-echo "Done. release-notes still waits for you: treadle --db $TREADLE_DB approve release-notes review --advance"
+echo "Done. release-notes still waits for you: treadle --db '$TREADLE_DB' approve release-notes review --advance"
+if [[ -n "${PGDIR:-}" ]]; then
+  echo "The PostgreSQL server is still running; stop it with: python scripts/pgcluster.py stop $PGDIR"
+fi
