@@ -12,7 +12,7 @@ import pytest
 from clihelpers import Cli, snapshot
 from rich.console import Console
 
-from treadle_cli.render import status_lines, status_tree, theme
+from treadle_cli.cli.render import status_lines, status_tree, theme
 from treadle_cli.status import load_status
 from treadle_cli.store.sqlite import SqliteStateStore
 

@@ -12,9 +12,9 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .model import Event, ItemRecord, ReviewData, StageStatus, iso, utcnow
-from .status import PipelineStatus
-from .store.protocol import ItemSummary
+from ..model import Event, ItemRecord, ReviewData, StageStatus, iso, utcnow
+from ..status import PipelineStatus
+from ..store.protocol import ItemSummary
 
 if TYPE_CHECKING:
     from rich.console import Group
@@ -175,6 +175,28 @@ def status_lines(
             if sub.error:
                 bits.append(f"error={sub.error!r}")
             lines.append(" ".join(bits))
+    return lines
+
+
+def advance_summary(results: list[PipelineStatus], *, limit: int = 10) -> list[str]:
+    """What ``advance`` ends with on stderr: counts per state, then the next commands to run
+    (at most ``limit`` of them)."""
+    counts: dict[str, int] = {}
+    for st in results:
+        counts[st.state.value] = counts.get(st.state.value, 0) + 1
+    summary = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(counts.items()))
+    hints: list[str] = []
+    for st in results:
+        for stage in st.review_stages():
+            view = st.stage(stage)
+            subs = [s.name for s in view.subtasks if s.status == "awaiting_review"]
+            for target in [f"{stage}/{s}" for s in subs] or [stage]:
+                hints.append(f"treadle approve {shlex.quote(st.item_id)} {shlex.quote(target)}")
+        for stage in st.failed_stages() + st.rejected_stages():
+            hints.append(f"treadle retry {shlex.quote(st.item_id)} {shlex.quote(stage)}")
+    lines = [f"{len(results)} item(s): {summary}", *[f"  {h}" for h in hints[:limit]]]
+    if len(hints) > limit:
+        lines.append(f"  … {len(hints) - limit} more: treadle reviews")
     return lines
 
 
