@@ -19,6 +19,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check treadle_cli tests pipelines bench
 	$(BIN)/ruff format --check treadle_cli tests pipelines bench
+	$(BIN)/mypy
 
 demo: $(STAMP)
 	bash scripts/demo.sh

@@ -67,11 +67,11 @@ class Pipeline:
         """Stage names in run order."""
         return list(self.stages)
 
-    def graph(self) -> networkx.DiGraph:
+    def graph(self) -> networkx.DiGraph[str]:
         """The DAG: one node per stage (attribute ``spec``), an edge from each need to its stage."""
         import networkx as nx
 
-        g = nx.DiGraph(name=self.name)
+        g: networkx.DiGraph[str] = nx.DiGraph(name=self.name)
         for name, spec in self.stages.items():
             g.add_node(name, spec=spec)
         for name, spec in self.stages.items():
@@ -150,7 +150,7 @@ def _validate(
         elif check_impl and not _is_impl(spec.impl):
             add(where, f"stage {spec.name!r}: impl must be a Stage instance or a function")
 
-    g = nx.DiGraph()
+    g: nx.DiGraph[str] = nx.DiGraph()
     g.add_nodes_from(first)
     for spec in first.values():
         for need in spec.needs:
