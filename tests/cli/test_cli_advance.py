@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from clihelpers import Cli, lines_of
 
 from treadle_cli.cli import app
@@ -170,6 +171,7 @@ def test_durability_option_and_env(cli: Cli, pl: Path, db: Path) -> None:
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.sqlite_only  # the file is created; a URL in TREADLE_DB: test_cli_postgres.py
 def test_db_from_the_environment(cli: Cli, pl: Path, tmp_path: Path) -> None:
     other = tmp_path / "from-env.db"
     r = cli.runner.invoke(

@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from clihelpers import Cli, error_line, snapshot
+from clihelpers import Cli, created, error_line, set_schema_version, shown, snapshot
 
 
 @pytest.fixture
@@ -171,6 +171,7 @@ def test_reject_without_reason_is_a_usage_error(cli: Cli, seeded: Path, db: Path
     assert snapshot(db) == before
 
 
+@pytest.mark.sqlite_only  # foreign files; a foreign schema: test_cli_postgres.py
 def test_not_a_treadle_database(cli: Cli, pl: Path, tmp_path: Path) -> None:
     text = _write(tmp_path / "notes.db", "just some text, not SQLite\n" * 10)
     other = tmp_path / "other.db"
@@ -194,11 +195,7 @@ def test_not_a_treadle_database(cli: Cli, pl: Path, tmp_path: Path) -> None:
 
 
 def test_database_from_a_newer_schema(cli: Cli, seeded: Path, db: Path) -> None:
-    snapshot(db)  # fold the WAL in, so the raw connection below sees everything
-    con = sqlite3.connect(db)
-    con.execute("PRAGMA user_version = 99")
-    con.commit()
-    con.close()
+    set_schema_version(db, 99)
     before = snapshot(db)
     for args in (
         ["status"],
@@ -227,8 +224,8 @@ def test_decisions_on_a_missing_database_create_nothing(
     cli: Cli, db: Path, args: list[str]
 ) -> None:
     line = error_line(cli(*args, code=2), 2)
-    assert line.startswith(f"error: no treadle database at {db}")
-    assert not db.exists()
+    assert line.startswith(f"error: no treadle database at {shown(db)} — ")
+    assert not created(db)
 
 
 def test_reads_on_a_missing_database_see_nothing_and_create_nothing(cli: Cli, db: Path) -> None:
@@ -239,8 +236,7 @@ def test_reads_on_a_missing_database_see_nothing_and_create_nothing(cli: Cli, db
     error_line(cli("status", "doc-1", code=2), 2)
     error_line(cli("history", "doc-1", code=2), 2)
     error_line(cli("watch", "doc-1", "--until-settled", code=2), 2)
-    assert not db.exists()
-    assert not Path(str(db) + "-wal").exists()
+    assert not created(db)  # neither the file (nor its WAL) nor the schema treadle
 
 
 def test_errors_in_json_mode_are_a_json_object_on_stderr(cli: Cli, seeded: Path, db: Path) -> None:

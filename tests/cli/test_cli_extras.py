@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 
 def test_new_data_for_an_existing_item_is_reported_not_silently_dropped(cli, pl):
     cli("advance", str(pl / "single.yaml"), "d-1", "--data", '{"v": 1}')
@@ -17,6 +19,7 @@ def test_same_data_again_is_not_a_warning(cli, pl):
     assert "warning" not in again.stderr
 
 
+@pytest.mark.no_db
 def test_graph_json_lists_nodes_and_edges(cli, pl):
     out = json.loads(cli("graph", str(pl / "chain.yaml"), "--json").stdout)
     assert out["nodes"]

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from clihelpers import Cli
+from clihelpers import Cli, created
 
 STAGE_KEYS = {"name", "status", "attempts", "error", "review", "output", "subtasks"}
 SUBTASK_KEYS = {"name", "status", "attempts", "error"}
@@ -84,7 +84,7 @@ def test_status_all_json(cli: Cli, items: None) -> None:
 def test_status_all_json_on_an_empty_database(cli: Cli, db: Path) -> None:
     out = json.loads(cli("status", "--all", "--json").stdout)
     assert out["items"] == [] and out["counts"]["total"] == 0
-    assert not db.exists()
+    assert not created(db)
 
 
 def test_reviews_json(cli: Cli, items: None) -> None:

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from treadle_cli.cli.render import status_lines, status_tree, theme
 from treadle_cli.status import load_status
-from treadle_cli.store.sqlite import SqliteStateStore
+from treadle_cli.store import open_store
 
 ANSI = "\x1b["
 #: An SGR sequence that sets a foreground or background colour (30-49, 90-107).
@@ -107,7 +107,7 @@ def test_json_stays_exact_on_a_terminal(cli: Cli, items: Path) -> None:
 
 def test_render_status_tree_on_a_fixed_width_console(cli: Cli, items: Path, db: Path) -> None:
     snapshot(db)  # let go of the in-process CLI's connections
-    store = SqliteStateStore.open(db, readonly=True)
+    store = open_store(db, readonly=True)
     try:
         st = load_status(store, "f-1")
         now = st.item.updated_at + timedelta(seconds=5)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from clihelpers import Cli, lines_of
+from clihelpers import Cli, created, lines_of
 
 from treadle_cli import __version__
 
@@ -117,6 +117,7 @@ def test_history_shows_events_and_decisions_with_who_and_why(cli: Cli, mixed: Pa
     assert "item_completed" in out
 
 
+@pytest.mark.no_db
 def test_validate(cli: Cli, pl: Path) -> None:
     r = cli("validate", pl / "chain.yaml")
     assert r.stdout == "ok: chain (3 stages: parse → review → publish)\n"
@@ -132,9 +133,10 @@ def test_validate(cli: Cli, pl: Path) -> None:
 def test_validate_creates_no_database(cli: Cli, pl: Path, db: Path) -> None:
     cli("validate", pl / "chain.yaml")
     cli("graph", pl / "chain.yaml")
-    assert not db.exists()
+    assert not created(db)
 
 
+@pytest.mark.no_db
 def test_graph_formats(cli: Cli, pl: Path) -> None:
     assert cli("graph", pl / "chain.yaml").stdout == ("parse\nreview <- parse\npublish <- review\n")
     assert cli("graph", pl / "chain.yaml", "--format", "tree").stdout == (
@@ -167,6 +169,7 @@ def test_watch_until_settled_on_everything(cli: Cli, pl: Path) -> None:
     cli("watch", "--until-settled", code=1)  # a failure outranks a review
 
 
+@pytest.mark.no_db
 def test_version(cli: Cli) -> None:
     r = cli("--version")
     assert r.stdout == f"treadle {__version__}\n"
@@ -186,6 +189,7 @@ COMMANDS = [
 ]
 
 
+@pytest.mark.no_db
 @pytest.mark.parametrize("command", [None, *COMMANDS])
 def test_help_of_every_command_has_an_example(cli: Cli, command: str | None) -> None:
     r = cli(*([command] if command else []), "--help")

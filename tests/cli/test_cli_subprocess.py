@@ -73,6 +73,7 @@ def test_advance_then_approve_advance_round_trip(pl: Path, db: Path) -> None:
     assert st["stages"][1]["review"]["by"] == "carol"
 
 
+@pytest.mark.sqlite_only  # the file is created; a URL in TREADLE_DB: test_cli_postgres.py
 def test_treadle_db_env_var_is_the_default_database(pl: Path, db: Path) -> None:
     env = subprocess_env(TREADLE_DB=str(db))
     r = subprocess.run(
