@@ -228,6 +228,40 @@ def test_stores_do_not_import_the_engine():
     assert "treadle_cli.engine" not in mods and "treadle_cli.workflow" not in mods
 
 
+def test_each_cli_hint_rewrites_a_hint_the_library_gives():
+    """A library hint reworded without CLI_HINTS would silently lose its CLI wording."""
+    from treadle_cli.cli.app import CLI_HINTS
+
+    source = "\n".join(p.read_text(encoding="utf-8") for p in LIBRARY_FILES)
+    for _, phrase in CLI_HINTS:
+        assert phrase in source, phrase
+
+
+def test_library_hints_name_no_cli_flag_or_command(tmp_path: Path) -> None:
+    from treadle_cli import MemoryStateStore, TreadleError
+    from treadle_cli.workflow import advance_registered
+
+    (tmp_path / "p.yaml").write_text(
+        "pipeline: p\nstages:\n  gate: {uses: treadle_cli.stages:approval}\n"
+    )
+    store = MemoryStateStore()
+    wf = treadle_cli.Workflow.from_yaml(tmp_path / "p.yaml")
+    wf.advance("a", store)
+    errors: list[TreadleError] = []
+    try:
+        wf.reject_review("a", "gate", " ", store)
+    except TreadleError as exc:
+        errors.append(exc)
+    (tmp_path / "p.yaml").unlink()
+    try:
+        advance_registered("a", store)
+    except TreadleError as exc:
+        errors.append(exc)
+    assert [type(e).__name__ for e in errors] == ["UsageError", "UsageError"]
+    for exc in errors:
+        assert exc.hint and "--" not in exc.hint and "treadle " not in exc.hint, exc.hint
+
+
 def test_readme_library_example_runs(tmp_path):
     text = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)

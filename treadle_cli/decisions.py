@@ -82,7 +82,9 @@ def decide(
     """Record an approval or rejection; raises ConflictError if nothing awaits it."""
     stage, subtask = split_target(stage, subtask)
     if decision == DecisionKind.REJECTED and not (reason and reason.strip()):
-        raise UsageError("a rejection needs a reason", hint="pass --reason TEXT")
+        raise UsageError(
+            "a rejection needs a reason", hint="give the reason; the stage sees it when it reruns"
+        )
     if output is not None:
         _check_json(output, "the approved output")
     now = (clock or SystemClock()).now()

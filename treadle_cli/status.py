@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import UnknownItemError
@@ -124,6 +126,21 @@ class PipelineStatus:
 
     def is_complete(self) -> bool:
         return self.item.state == ItemState.COMPLETED
+
+    def is_outdated(self) -> bool:
+        """Whether the item's pipeline file has changed since the item last ran with it.
+
+        Reads the file. False when the item has no file (a library workflow registered it)
+        or the file cannot be read: only a file whose bytes differ counts.
+        """
+        path = self.item.pipeline_path
+        if not path:
+            return False
+        try:
+            digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        except OSError:
+            return False
+        return digest != self.item.pipeline_hash
 
     def stage(self, name: str) -> StageView:
         for s in self.stages:

@@ -7,11 +7,12 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from . import decisions
 from .engine import DEFAULT_LEASE, Engine
-from .errors import PipelineError
+from .errors import PipelineError, UnknownItemError, UsageError
 from .events import EventBus, Subscription
 from .model import Clock, Event, RetryPolicy, Stage, SystemClock, WorkItem
 from .pipeline import Pipeline, StageSpec, build_pipeline, load_pipeline
@@ -198,3 +199,27 @@ class Workflow:
         if listener is None:
             return Subscription(self.bus)
         return self.bus.add(listener)
+
+
+def advance_registered(
+    item_id: str, store: StateStore, *, wait: float = 60.0, clock: Clock | None = None
+) -> PipelineStatus:
+    """Advance an item with the pipeline file it was registered with (its stored path).
+
+    UnknownItemError if there is no such item; UsageError if a library workflow registered
+    it (there is no file to load: advance it from that code) or the file is gone.
+    """
+    rec = store.get_item(item_id)
+    if rec is None:
+        raise UnknownItemError(item_id)
+    if not rec.pipeline_path:
+        raise UsageError(
+            f"item {item_id!r} was registered by a library workflow, not a pipeline file",
+            hint="advance it from the code that created it",
+        )
+    if not Path(rec.pipeline_path).exists():
+        raise UsageError(
+            f"pipeline file {rec.pipeline_path} of item {item_id!r} is gone",
+            hint="restore it, or advance the item with a pipeline file that has its stages",
+        )
+    return Workflow.from_yaml(rec.pipeline_path, clock=clock).advance(item_id, store, wait=wait)

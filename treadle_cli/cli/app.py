@@ -70,14 +70,10 @@ class State:
             self.db, durability=self.durability.value, timeout=self.timeout, readonly=readonly
         )
 
-    def open_for(self, item_id: str) -> StateStore:
-        """Open to change one item (the store syncs it as its pipeline asked)."""
-        return self.open(must_exist=True)
-
 
 def state(ctx: typer.Context) -> State:
     """The invocation's :class:`State`, built by the app callback."""
-    return ctx.obj  # type: ignore[no-any-return]
+    return ctx.obj
 
 
 # Options several commands share, declared once.
@@ -167,6 +163,10 @@ def out_is_terminal() -> bool:
 CLI_HINTS: dict[tuple[type[TreadleError], str], str] = {
     (DatabaseLockedError, "busy timeout"): (
         "another process holds it; retry, or raise TREADLE_BUSY_TIMEOUT (seconds)"
+    ),
+    (UsageError, "give the reason"): "pass --reason TEXT",
+    (UsageError, "advance the item with a pipeline file"): (
+        "restore it, or run `treadle advance PIPELINE ITEM`"
     ),
 }
 

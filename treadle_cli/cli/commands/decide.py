@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import shlex
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ...errors import UnknownItemError, UsageError
 from .. import output
 from ..app import (
     AdvanceOpt,
     ByOpt,
     ItemArg,
     JsonOpt,
-    State,
     WaitOpt,
     app,
     command,
@@ -61,11 +58,10 @@ def approve(
     """
     from ... import decisions
 
-    st = state(ctx)
     edited = parse_json(output_json, "--output") if output_json is not None else None
-    store = st.open_for(item)
+    store = state(ctx).open(must_exist=True)
     result = decisions.approve(store, item, stage, by=by, comment=comment, output=edited)
-    _finish_decision(st, store, result, advance_after, wait, json_output)
+    _finish_decision(store, result, advance_after, wait, json_output)
 
 
 @app.command()
@@ -86,20 +82,19 @@ def reject(
     """
     from ... import decisions
 
-    store = state(ctx).open_for(item)
+    store = state(ctx).open(must_exist=True)
     result = decisions.reject(store, item, stage, reason, by=by)
-    _finish_decision(state(ctx), store, result, False, 0.0, json_output)
+    _finish_decision(store, result, False, 0.0, json_output)
 
 
 def _finish_decision(
-    st: State,
     store: StateStore,
     result: DecisionResult,
     advance_after: bool,
     wait: float,
     json_output: bool,
 ) -> None:
-    status = _advance_registered(st, store, result.item_id, wait) if advance_after else None
+    status = _advance(store, result.item_id, wait) if advance_after else None
     if json_output:
         output.print_decision(result, status)
     else:
@@ -108,6 +103,14 @@ def _finish_decision(
             _show(status)
     if status is not None:
         raise typer.Exit(exit_for([status.state.value]))
+
+
+def _advance(store: StateStore, item_id: str, wait: float) -> PipelineStatus:
+    """--advance: continue the item with its pipeline file (imported only then: it loads
+    the pipeline machinery and the stage code)."""
+    from ...workflow import advance_registered
+
+    return advance_registered(item_id, store, wait=wait)
 
 
 def _show(status: PipelineStatus) -> None:
@@ -134,10 +137,9 @@ def retry(
     """
     from ... import decisions
 
-    st = state(ctx)
-    store = st.open_for(item)
+    store = state(ctx).open(must_exist=True)
     events = decisions.retry(store, item, stage)
-    status = _advance_registered(st, store, item, wait) if advance_after else None
+    status = _advance(store, item, wait) if advance_after else None
     subtasks = (events[0].data or {}).get("subtasks", []) if events else []
     if json_output:
         output.print_retry(item, stage, subtasks, status)
@@ -152,23 +154,3 @@ def retry(
             sys.stderr.write(f"  next: treadle advance {path} {shlex.quote(item)}\n")
     if status is not None:
         raise typer.Exit(exit_for([status.state.value]))
-
-
-def _advance_registered(st: State, store: StateStore, item_id: str, wait: float) -> PipelineStatus:
-    """Advance an item with the pipeline file it was registered with."""
-    rec = store.get_item(item_id)
-    if rec is None:
-        raise UnknownItemError(item_id)
-    if not rec.pipeline_path:
-        raise UsageError(
-            f"item {item_id!r} was registered by a library workflow, not a pipeline file",
-            hint="advance it from the code that created it",
-        )
-    if not Path(rec.pipeline_path).exists():
-        raise UsageError(
-            f"pipeline file {rec.pipeline_path} of item {item_id!r} is gone",
-            hint="restore it, or run `treadle advance PIPELINE ITEM`",
-        )
-    from ...workflow import Workflow
-
-    return Workflow.from_yaml(Path(rec.pipeline_path)).advance(item_id, store, wait=wait)

@@ -3,8 +3,6 @@ missing database they see an empty one."""
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -17,21 +15,9 @@ if TYPE_CHECKING:
     from ...status import PipelineStatus
 
 
-def _file_hash(path: str | None) -> str | None:
-    if not path:
-        return None
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
 def show_status(st: PipelineStatus, json_output: bool) -> None:
     """One item: JSON, a rich tree on a terminal, or grep-able lines."""
-    outdated = bool(st.item.pipeline_path) and _file_hash(st.item.pipeline_path) not in (
-        None,
-        st.item.pipeline_hash,
-    )
+    outdated = st.is_outdated()
     if json_output:
         output.print_status(st, outdated=outdated)
         return
