@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ class WorkflowBuilder:
         name: str,
         impl: Stage | Callable[..., Any],
         *,
-        needs: str | list[str] = (),
+        needs: str | Sequence[str] = (),
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         concurrency: int = 4,
