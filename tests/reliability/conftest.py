@@ -1,4 +1,6 @@
-"""Reliability tests: real ``treadle`` processes against a real SQLite file.
+"""Reliability tests: real ``treadle`` processes against a real SQLite file, and the kill
+and concurrency tests (and the bad-input cases about treadle rather than a file) also
+against a real PostgreSQL server.
 
 Plain ``pytest`` runs every test here at CI size (a few minutes in all). ``make stress``
 sets ``TREADLE_STRESS=1`` and selects ``-m stress``: the same tests at their long sizes.
@@ -53,7 +55,11 @@ def figures(request: pytest.FixtureRequest) -> dict[str, Any]:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+def world(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[World]:
+    """A folder with the stage module, on a SQLite file (the default) or, parametrized
+    ``postgres`` (rel_support.BACKENDS), on a fresh PostgreSQL database of its own."""
     shutil.copy(HERE / "relstages.py", tmp_path / "relstages.py")
     db, ledger = tmp_path / "treadle.db", tmp_path / "ledger.txt"
-    yield World(tmp_path, db, ledger, base_env(db, ledger))
+    backend = getattr(request, "param", "sqlite")
+    url = request.getfixturevalue("pg_url") if backend == "postgres" else None
+    yield World(tmp_path, db, ledger, base_env(url or db, ledger), url=url)

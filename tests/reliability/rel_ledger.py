@@ -15,11 +15,12 @@ recorded, run by a process that was killed: it is charged to that kill.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from rel_support import query_db
 
 Key = tuple[str, str, str | None]  # item, stage, subtask (None: the stage's own call)
 
@@ -88,14 +89,9 @@ def read_ledger(path: Path) -> list[Execution]:
     return out
 
 
-def read_events(db: Path) -> list[EventRow]:
-    conn = sqlite3.connect(db, timeout=60)
-    try:
-        rows = conn.execute(
-            "SELECT id, kind, item_id, stage, subtask, data FROM events ORDER BY id"
-        ).fetchall()
-    finally:
-        conn.close()
+def read_events(db: Path | str) -> list[EventRow]:
+    """The event log of a SQLite file or a PostgreSQL database (a URL)."""
+    rows = query_db(db, "SELECT id, kind, item_id, stage, subtask, data FROM events ORDER BY id")
     return [
         EventRow(i, k, it, st, sub, json.loads(d) if d else None) for i, k, it, st, sub, d in rows
     ]

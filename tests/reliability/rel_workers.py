@@ -1,13 +1,15 @@
 """The processes of the concurrency test, one role each.
 
-Usage: python rel_workers.py ROLE PIPELINE LOG.jsonl NO_NEW_FILE STOP_FILE [PREFIX]
+Usage: python rel_workers.py ROLE PIPELINE LOG.jsonl NO_NEW_FILE STOP_FILE [PREFIX [FIRST STEP]]
 
 Roles: ``advance`` (registers an item now and then and runs ``advance --all --jobs 3``),
 ``approve``, ``reject``, ``retry`` and ``status`` (read commands). Each loops until
 STOP_FILE exists, running ``treadle`` commands and appending one line per command to
 LOG.jsonl: role, arguments, exit code, stderr, seconds. New items stop when NO_NEW_FILE
 exists. What happens to an item depends on its index only (:func:`policy`), so the
-workers never need to talk to each other and the test knows every item's final state.
+workers never need to talk to each other and the test knows every item's final state. An
+advancer numbers its items FIRST, FIRST + STEP, ... (default 1, 2, ...): advancer k of n
+starting at k with step n, their first few items between them have every fate.
 """
 
 from __future__ import annotations
@@ -41,13 +43,21 @@ def policy(item_id: str) -> str:
 
 class Worker:
     def __init__(
-        self, role: str, pipeline: str, log: Path, no_new: Path, stop: Path, prefix: str
+        self,
+        role: str,
+        pipeline: str,
+        log: Path,
+        no_new: Path,
+        stop: Path,
+        prefix: str,
+        first: int = 1,
+        step: int = 1,
     ) -> None:
         self.role, self.pipeline, self.prefix = role, pipeline, prefix
         self.log = log.open("a", buffering=1)
         self.no_new, self.stop = no_new, stop
         self.rng = random.Random(f"{role}{prefix}")
-        self.next_item = 1
+        self.next_item, self.step = first, step
         self.rejected: set[str] = set()
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -77,7 +87,7 @@ class Worker:
         args = ["advance", self.pipeline, "--all", "--jobs", "3", "--wait", "0", "--json"]
         if not self.no_new.exists() and self.backlog < BACKLOG:
             args.insert(2, f"{self.prefix}-{self.next_item:04d}")
-            self.next_item += 1
+            self.next_item += self.step
         r = self.run(*args)
         if r.returncode in (0, 1):
             out = json.loads(r.stdout)
@@ -152,7 +162,8 @@ class Worker:
 def main() -> None:
     role, pipeline, log, no_new, stop = sys.argv[1:6]
     prefix = sys.argv[6] if len(sys.argv) > 6 else role
-    Worker(role, pipeline, Path(log), Path(no_new), Path(stop), prefix).loop()
+    first, step = (int(a) for a in sys.argv[7:9]) if len(sys.argv) > 8 else (1, 1)
+    Worker(role, pipeline, Path(log), Path(no_new), Path(stop), prefix, first, step).loop()
 
 
 if __name__ == "__main__":

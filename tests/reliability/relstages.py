@@ -5,7 +5,10 @@ the way it imports any user's stage module. Configuration comes from the environ
 the test gives each ``treadle`` process:
 
 - ``TREADLE_DB``: the database (the CLI reads it too); a stage opens it read-only to note
-  the newest event id when it starts, which orders the ledger against the event log.
+  the newest event id when it starts, which orders the ledger against the event log. A
+  SQLite file, or a PostgreSQL URL (read over one connection per thread, kept open: event
+  ids there are taken in commit order, so the newest visible id has every lower one
+  committed before it).
 - ``RELIABILITY_LEDGER``: the ledger file. One line per start and per end of an execution:
   ``start ITEM STAGE SUBTASK ATTEMPT PROC EVENT_ID`` / ``end ITEM STAGE SUBTASK ATTEMPT PROC``,
   written with O_APPEND and a single ``os.write`` so lines from parallel threads and
@@ -22,6 +25,7 @@ from __future__ import annotations
 import os
 import random
 import sqlite3
+import threading
 import time
 from typing import Any
 
@@ -35,8 +39,20 @@ def item_index(item_id: str) -> int:
     return int(item_id.rsplit("-", 1)[1])
 
 
+_local = threading.local()
+
+
 def _newest_event() -> int:
     db = os.environ["TREADLE_DB"]
+    if db.startswith(("postgresql://", "postgres://")):
+        conn = getattr(_local, "pg", None)
+        if conn is None:
+            import psycopg
+
+            conn = _local.pg = psycopg.connect(
+                db, autocommit=True, application_name="reliability-ledger"
+            )
+        return conn.execute("SELECT coalesce(max(id), 0) FROM treadle.events").fetchone()[0]
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=60)
     try:
         return conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
