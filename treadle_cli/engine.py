@@ -78,12 +78,16 @@ class Engine:
         bus: EventBus,
         lease: float = DEFAULT_LEASE,
         pool: Executor | None = None,
+        renewed: bool = False,
     ) -> None:
         self.pipeline = pipeline
         self.store = store
         self.clock = clock
         self.bus = bus
         self.lease = lease
+        # A worker's claims are renewed by its heartbeat: the lease is just the silence
+        # after which they may be taken over, whatever the stage's timeout.
+        self.renewed = renewed
         self._pool = pool
         self.owner = current_owner()
         self._ancestors = self._compute_ancestors()
@@ -216,7 +220,7 @@ class Engine:
                 f.result()
 
     def _lease_until(self, spec: StageSpec) -> datetime:
-        seconds = spec.timeout + 60.0 if spec.timeout else self.lease
+        seconds = spec.timeout + 60.0 if spec.timeout and not self.renewed else self.lease
         return self.clock.now() + timedelta(seconds=seconds)
 
     def _context(
@@ -264,6 +268,19 @@ class Engine:
                 return  # another process claimed it first
             rec, events = got
             self.bus.publish(events)
+        self._drive(run, rec, claim)
+
+    def run_claimed(self, rec: StageRecord) -> None:
+        """Run a stage claimed elsewhere (a worker's ``claim_ready``), and any stage its
+        finish hands on, as advance would; retries due later are left for later."""
+        item = self.store.get_item(rec.item_id)
+        if item is None or rec.claim is None:
+            return
+        run = _Run(Item(item.id, item.data), self.clock.now())
+        run.stages = {s.name: s for s in self.store.get_stages(item.id)}
+        self._drive(run, rec, rec.claim)
+
+    def _drive(self, run: _Run, rec: StageRecord, claim: str) -> None:
         nxt: _Next | None = (rec, claim)
         while nxt is not None:  # a finished stage may hand us the next one of its chain
             rec, claim = nxt

@@ -14,7 +14,7 @@ from . import decisions
 from .engine import DEFAULT_LEASE, Engine
 from .errors import PipelineError, UnknownItemError, UsageError
 from .events import EventBus, Subscription
-from .model import Clock, Event, RetryPolicy, Stage, SystemClock, WorkItem
+from .model import Clock, Event, Item, RetryPolicy, Stage, SystemClock, WorkItem
 from .pipeline import Pipeline, StageSpec, build_pipeline, load_pipeline
 from .status import PipelineStatus, load_status
 from .store.protocol import StateStore
@@ -141,6 +141,10 @@ class Workflow:
         Retries due within ``wait`` seconds happen in this call; later ones are left.
         """
         return self._engine(store).advance(item, data=data, wait=wait)
+
+    def submit(self, item: WorkItem | str, store: StateStore, *, data: Any = None) -> Item:
+        """Register ``item`` (if new) without running anything: a worker will."""
+        return self._engine(store).ensure_item(item, data)
 
     def approve_review(
         self,

@@ -271,10 +271,14 @@ class World:
                 return result
         if not self.has_schema():  # killed before its first commit: nothing to check
             return "ok"
-        if self.url and self.query("SELECT value FROM meta WHERE key = 'schema_version'") != [
-            ("1",)
-        ]:
-            return "treadle.meta has no schema_version 1"
+        from treadle_cli.store.postgres import SCHEMA_VERSION
+
+        version = [(str(SCHEMA_VERSION),)]
+        if (
+            self.url
+            and self.query("SELECT value FROM meta WHERE key = 'schema_version'") != version
+        ):
+            return f"treadle.meta has no schema_version {SCHEMA_VERSION}"
         return "; ".join(consistency(self.target)) or "ok"
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:

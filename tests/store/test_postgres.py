@@ -96,11 +96,11 @@ def test_first_write_creates_the_versioned_schema_readable_with_sql(pg_url: str)
                 "SELECT table_name FROM information_schema.tables WHERE table_schema = 'treadle'"
             )
         }
-        assert tables == {"meta", "items", "stages", "subtasks", "decisions", "events"}
+        assert tables == {"meta", "items", "stages", "subtasks", "decisions", "events", "workers"}
         version = conn.execute(
             "SELECT value FROM treadle.meta WHERE key = 'schema_version'"
         ).fetchone()
-        assert version == ("1",)
+        assert version == ("2",)
         row = conn.execute(
             "SELECT id, pipeline, data->>'k', state, created_at FROM treadle.items"
         ).fetchone()

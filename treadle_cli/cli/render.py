@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from rich.theme import Theme
     from rich.tree import Tree
 
+    from ..worker import WorkerStatus
+
 # rich is imported inside the functions that draw, so piped output never loads it.
 STYLES = {
     "status.completed": "green",
@@ -388,3 +390,37 @@ def graph_dot(name: str, order: list[str], needs: Mapping[str, tuple[str, ...]])
             lines.append(f'    "{dep}" -> "{stage}";')
     lines.append("}")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ workers
+
+
+def workers_table(rows: Iterable[WorkerStatus]) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
+    styles = {"alive": "status.completed", "stale": "status.failed", "stopped": "hint"}
+    table = Table(show_edge=False)
+    for col in ("worker", "host", "pid", "state", "started", "heartbeat", "running"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        w = r.record
+        table.add_row(
+            Text(w.name),
+            Text(w.host),
+            str(w.pid),
+            Text(r.state, style=styles.get(r.state, "")),
+            age(w.started_at) + " ago",
+            age(w.heartbeat_at) + " ago",
+            Text(", ".join(r.running)),
+        )
+    return table
+
+
+def worker_line(r: WorkerStatus) -> str:
+    w = r.record
+    running = " running=" + ",".join(x.replace(" ", ":") for x in r.running) if r.running else ""
+    return (
+        f"{w.name} host={w.host} pid={w.pid} state={r.state} started={iso(w.started_at)} "
+        f"heartbeat={iso(w.heartbeat_at)}{running}"
+    )

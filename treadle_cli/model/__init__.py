@@ -11,6 +11,7 @@ from .records import (
     StageRecord,
     SubtaskChange,
     SubtaskRecord,
+    WorkerRecord,
 )
 from .stage import (
     DecisionKind,
@@ -67,6 +68,7 @@ __all__ = [
     "SubtaskStatus",
     "SystemClock",
     "WorkItem",
+    "WorkerRecord",
     "check_transition",
     "derive_item_state",
     "fanout_stage_status",

@@ -131,3 +131,23 @@ class SubtaskChange:
     review_data: Any = None
     next_attempt_at: datetime | None = None
     clear: frozenset[str] = frozenset()
+
+
+@dataclass
+class WorkerRecord:
+    """A worker process as the ``workers`` table records it."""
+
+    name: str
+    host: str
+    pid: int
+    started: str  # process start marker, as in :class:`Owner`
+    started_at: datetime
+    heartbeat_at: datetime
+    lease: float  # seconds without a heartbeat after which its claims may be taken over
+    pipelines: Any = None  # the pipeline names it serves (JSON list)
+    concurrency: int = 1
+    stopped_at: datetime | None = None
+
+    @property
+    def owner(self) -> Owner:
+        return Owner(self.host, self.pid, self.started)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -14,14 +15,19 @@ from ..model import (
     Event,
     ItemRecord,
     ItemState,
+    Owner,
     ReviewData,
     StageRecord,
     StageStatus,
     SubtaskRecord,
     SubtaskStatus,
+    WorkerRecord,
+    utcnow,
 )
 from .operations import TransactionalStore
-from .protocol import ItemSummary
+from .protocol import ItemSummary, Outlook, WorkSpec
+
+_DONE = (StageStatus.COMPLETED, StageStatus.SKIPPED)
 
 
 class _MemoryTx:
@@ -114,6 +120,33 @@ class _MemoryTx:
         rec.state, rec.progress, rec.waiting_on, rec.updated_at = state, progress, waiting, now
         return True
 
+    def ready_stages(
+        self, work: WorkSpec, now: datetime, host: str, limit: int
+    ) -> list[tuple[str, StageRecord]]:
+        out: list[tuple[ItemRecord, StageRecord]] = []
+        for (item_id, name), rec in self.s._stages.items():
+            item = self.s._items[item_id]
+            needs = work.get(item.pipeline, {}).get(name)
+            if needs is None or not rec.active:
+                continue
+            if rec.status == StageStatus.PENDING:
+                due = rec.next_attempt_at is None or rec.next_attempt_at <= now
+            elif rec.status == StageStatus.RUNNING:
+                lapsed = rec.lease_until is not None and rec.lease_until <= now
+                due = lapsed or rec.owner_host == host
+            else:
+                continue
+            blocked = any(
+                (d := self.s._stages.get((item_id, n))) is not None
+                and d.active
+                and d.status not in _DONE
+                for n in needs
+            )
+            if due and not blocked:
+                out.append((item, rec))
+        out.sort(key=lambda p: (p[0].created_at, p[0].id, p[1].position))
+        return [(item.pipeline, copy.deepcopy(rec)) for item, rec in out[:limit]]
+
     def insert_event(self, ev: Event) -> Event:
         stored = replace(ev, id=len(self.s._events) + 1, data=copy.deepcopy(ev.data))
         self.s._events.append(stored)
@@ -143,6 +176,7 @@ class MemoryStateStore(TransactionalStore):
         self._subtasks: dict[tuple[str, str, str], SubtaskRecord] = {}
         self._events: list[Event] = []
         self._decisions: list[ReviewData] = []
+        self._workers: dict[str, WorkerRecord] = {}
 
     @contextmanager
     def _tx(self) -> Iterator[_MemoryTx]:
@@ -265,6 +299,104 @@ class MemoryStateStore(TransactionalStore):
                 if sub.status == SubtaskStatus.AWAITING_REVIEW and parent and parent.active:
                     out.append(_review_row(sub, sub.name))
             return sorted(out, key=lambda r: (r["requested_at"] or "", r["item"]))
+
+    # ----------------------------------------------------------------- workers
+
+    def work_outlook(self, work: WorkSpec, now: datetime) -> Outlook:
+        with self._lock:
+            rows = [
+                r
+                for r in self._stages.values()
+                if r.active and self._items[r.item_id].pipeline in work
+            ]
+            retries = [
+                r.next_attempt_at
+                for r in rows
+                if r.status == StageStatus.PENDING and r.next_attempt_at is not None
+            ]
+            running = [r for r in rows if r.status == StageStatus.RUNNING]
+            leases = [r.lease_until for r in running if r.lease_until is not None]
+            return Outlook(len(running), min(retries, default=None), min(leases, default=None))
+
+    def held_stages(self, owner: Owner) -> list[StageRecord]:
+        with self._lock:
+            return [
+                copy.deepcopy(r)
+                for r in self._stages.values()
+                if r.status == StageStatus.RUNNING
+                and (r.owner_host, r.owner_pid, r.owner_started)
+                == (owner.host, owner.pid, owner.started)
+            ]
+
+    def register_worker(self, rec: WorkerRecord) -> None:
+        with self._lock:
+            self._workers[rec.name] = copy.deepcopy(rec)
+
+    def heartbeat(self, name: str, owner: Owner, now: datetime, lease_until: datetime) -> int:
+        with self._lock:
+            if name in self._workers:
+                self._workers[name].heartbeat_at = now
+            held = [
+                r
+                for r in self._stages.values()
+                if r.status == StageStatus.RUNNING
+                and (r.owner_host, r.owner_pid, r.owner_started)
+                == (owner.host, owner.pid, owner.started)
+            ]
+            for r in held:
+                r.lease_until = lease_until
+            return len(held)
+
+    def stop_worker(self, name: str, now: datetime) -> None:
+        with self._lock:
+            if name in self._workers:
+                self._workers[name].stopped_at = self._workers[name].heartbeat_at = now
+
+    def list_workers(self) -> list[tuple[WorkerRecord, list[str]]]:
+        with self._lock:
+            out = []
+            for w in sorted(self._workers.values(), key=lambda w: (w.started_at, w.name)):
+                running = []
+                for r in sorted(self.held_stages(w.owner), key=lambda r: (r.item_id, r.position)):
+                    subs = [
+                        s.name
+                        for s in self.get_subtasks(r.item_id, r.name)
+                        if s.status == SubtaskStatus.RUNNING
+                    ]
+                    running += [f"{r.item_id} {r.name}/{s}" for s in subs] or [
+                        f"{r.item_id} {r.name}"
+                    ]
+                out.append((copy.deepcopy(w), running))
+            return out
+
+    def server_now(self) -> datetime:
+        return utcnow()
+
+    def changes(self) -> _EventFeed:
+        return _EventFeed(self)
+
+    def close(self) -> None:
+        pass
+
+
+class _EventFeed:
+    """Notices new events of an in-process store (for engine tests)."""
+
+    def __init__(self, store: MemoryStateStore) -> None:
+        self._store = store
+        self._last = store.last_event_id()
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            last = self._store.last_event_id()
+            if last != self._last:
+                self._last = last
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(0.02, left))
 
     def close(self) -> None:
         pass

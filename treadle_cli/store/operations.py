@@ -11,7 +11,8 @@ Decisions and resets are in :mod:`.reviews`, what both build on in :mod:`.transa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -33,7 +34,7 @@ from ..model import (
     SubtaskStatus,
     check_transition,
 )
-from .protocol import ClaimRequest, EventSpec, Tx
+from .protocol import ClaimRequest, EventSpec, ReadyClaim, Tx, WorkSpec
 from .reviews import ReviewOperations
 from .transactions import (  # noqa: F401  (re-exported: backends and tests use them from here)
     CLAIM_FIELDS,
@@ -170,10 +171,12 @@ class TransactionalStore(ReviewOperations):
             "next_attempt_at": None,
             "attempts": rec.attempts,
         }
+        # The lease too: a heartbeat that renewed it since the read means its owner lives.
         where = {
             "status": expected.status,
             "claim": expected.claim,
             "updated_at": expected.updated_at,
+            "lease_until": expected.lease_until,
         }
         if not tx.cas_stage(rec.item_id, rec.name, where, sets):
             return None
@@ -211,6 +214,39 @@ class TransactionalStore(ReviewOperations):
                 return None
             self._refresh_item(tx, item_id, now, out)
             return rec, out
+
+    @atomic
+    def claim_ready(
+        self,
+        work: WorkSpec,
+        *,
+        owner: Owner,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        accept: Callable[[StageRecord], bool],
+    ) -> list[ReadyClaim]:
+        """Claim up to ``limit`` ready stages across items, in one transaction."""
+        with self._tx() as tx:
+            # Room for rows ``accept`` turns down (stages live processes here are running).
+            rows = tx.ready_stages(work, now, owner.host, 2 * limit + 8)
+            out: list[ReadyClaim] = []
+            touched: dict[str, list[Event]] = {}
+            for pipeline, rec in rows:
+                if len(out) == limit:
+                    break
+                if not accept(rec):
+                    continue
+                events: list[Event] = []
+                request = ClaimRequest(rec, uuid.uuid4().hex, owner, lease_until)
+                claimed = self._claim_in(tx, rec.item_id, rec.name, request, now, events)
+                if claimed is None:
+                    continue
+                touched[rec.item_id] = events  # the item's refresh events follow its last claim
+                out.append(ReadyClaim(pipeline, claimed, events))
+            for item_id, events in touched.items():
+                self._refresh_item(tx, item_id, now, events)
+            return out
 
     def _finish_in(
         self,

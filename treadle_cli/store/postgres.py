@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ from psycopg.types.json import Json
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..errors import DatabaseLockedError, IncompatibleDatabaseError, StoreError, UsageError
-from ..model import ItemRecord, StageRecord, SubtaskRecord
+from ..model import ItemRecord, StageRecord, SubtaskRecord, WorkerRecord
 from .memory import MemoryStateStore
 from .operations import RetryTransaction
 from .sql import EVENT_COLS, JSON_COLS, Dialect, SqlStore, SqlTx, Statements, column_kinds
@@ -38,7 +39,9 @@ from .sql import EVENT_COLS, JSON_COLS, Dialect, SqlStore, SqlTx, Statements, co
 logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
 
 SCHEMA = "treadle"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: NOTIFY channel of every commit that appends events: idle workers wake on it.
+CHANNEL = "treadle"
 #: Advisory lock keys ("trdl" and the next): event ids in commit order, and migrations.
 EVENT_LOCK = 0x7472646C
 MIGRATE_LOCK = EVENT_LOCK + 1
@@ -77,6 +80,7 @@ DIALECT = Dialect(
     },
     decode={},  # psycopg returns datetimes, parsed JSON and booleans already
     unlimited="ALL",
+    skip_locked=" FOR UPDATE OF i SKIP LOCKED",
 )
 SQL = Statements(DIALECT)
 
@@ -126,8 +130,12 @@ def _create_schema(cur: psycopg.Cursor[Any]) -> None:
         cur.execute(ddl)
 
 
+def _add_workers(cur: psycopg.Cursor[Any]) -> None:
+    cur.execute(_table("workers", WorkerRecord, ["name"], ["host", "pid", "heartbeat_at"], False))
+
+
 #: Forward migrations: MIGRATIONS[n] takes a version-n schema to n+1.
-MIGRATIONS = {0: _create_schema}
+MIGRATIONS = {0: _create_schema, 1: _add_workers}
 
 
 # ------------------------------------------------------------------ addresses
@@ -205,7 +213,8 @@ class _PgTx(SqlTx):
     def _inserted_id(self, sql: str, params: Sequence[Any]) -> int:
         if sql is SQL.insert_event and not self._ordered:
             # The first event takes the ordering lock in the same round trip; it is held
-            # to commit, so the next writer's ids come after ours are visible.
+            # to commit, so the next writer's ids come after ours are visible. Its NOTIFY
+            # is delivered at commit (once per transaction), waking idle workers.
             self._ordered = True
             sql = _INSERT_FIRST_EVENT
         else:
@@ -218,7 +227,7 @@ _RETURNING_ID = {q: q + " RETURNING id" for q in (SQL.insert_event, SQL.insert_d
 _INSERT_FIRST_EVENT = (
     f"INSERT INTO {SCHEMA}.events ({', '.join(EVENT_COLS[1:])}) "
     f"SELECT {', '.join(['%s'] * (len(EVENT_COLS) - 1))} "
-    f"FROM pg_advisory_xact_lock({EVENT_LOCK}) RETURNING id"
+    f"FROM pg_advisory_xact_lock({EVENT_LOCK}), pg_notify('{CHANNEL}', '') RETURNING id"
 )
 _LOCK_ITEM = f"SELECT 1 FROM {SCHEMA}.items WHERE id = %s FOR UPDATE"
 
@@ -465,12 +474,63 @@ class PostgresStateStore(SqlStore):
         except (psycopg.Error, PoolTimeout) as exc:
             raise self._translate(exc) from exc
 
+    # ----------------------------------------------------------------- workers
+
+    def _has_workers_table(self) -> bool:
+        # A read-only open does not migrate: an older schema has no workers yet.
+        return bool(self._query("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.workers",))[0][0])
+
+    def server_now(self) -> Any:
+        return self._query("SELECT clock_timestamp()")[0][0]
+
+    def changes(self) -> ListenFeed:
+        return ListenFeed(self)
+
     def close(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
             with contextlib.suppress(Exception):
                 pool.close()
+
+
+class ListenFeed:
+    """``LISTEN treadle`` on a connection of its own; reconnects after the server went away."""
+
+    def __init__(self, store: PostgresStateStore) -> None:
+        self._store = store
+        self._conn: psycopg.Connection[Any] | None = None
+        self._listen()
+
+    def _listen(self) -> None:
+        try:
+            conn = psycopg.connect(self._store.url, **self._store._conn_kwargs())
+            conn.execute(f"LISTEN {CHANNEL}")
+        except psycopg.Error:
+            self._conn = None  # the worker's own queries report the outage
+            return
+        self._conn = conn
+
+    def wait(self, timeout: float) -> bool:
+        if self._conn is None or self._conn.closed:
+            time.sleep(min(max(timeout, 0.0), 1.0))
+            self._listen()
+            return True  # what happened meanwhile is unknown: look
+        try:
+            got = list(self._conn.notifies(timeout=max(timeout, 0.0), stop_after=1))
+            if got:  # take whatever else is queued, so one look covers it all
+                got += list(self._conn.notifies(timeout=0.0))
+        except psycopg.Error:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+            return True
+        return bool(got)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
 
 
 class NoSchemaYet(MemoryStateStore):
@@ -489,3 +549,4 @@ class NoSchemaYet(MemoryStateStore):
 
     register_item = sync_stages = claim_stage = finish_stage = finish_and_claim = _refuse
     add_subtasks = claim_subtask = finish_subtask = decide = reset_stage = _refuse
+    claim_ready = register_worker = heartbeat = stop_worker = _refuse

@@ -8,7 +8,7 @@ and the state never disagree. The transitions themselves are written once, in
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
@@ -25,6 +25,7 @@ from ..model import (
     SubTask,
     SubtaskChange,
     SubtaskRecord,
+    WorkerRecord,
 )
 
 
@@ -47,6 +48,36 @@ class ClaimRequest:
     claim: str
     owner: Owner
     lease_until: datetime | None
+
+
+#: What a worker serves: pipeline name -> stage name -> the stages that stage needs.
+WorkSpec = Mapping[str, Mapping[str, Sequence[str]]]
+
+
+class ReadyClaim(NamedTuple):
+    """A stage a worker claimed: running under ``record.claim`` from this commit on."""
+
+    pipeline: str
+    record: StageRecord
+    events: list[Event]
+
+
+class Outlook(NamedTuple):
+    """What may still happen in a worker's pipelines when nothing is ready now."""
+
+    running: int  # stages running now, whoever runs them
+    next_retry: datetime | None  # the earliest retry scheduled for later
+    next_expiry: datetime | None  # the earliest lease of a running stage to run out
+
+
+class ChangeFeed(Protocol):
+    """Wakes a waiting worker when another process commits (LISTEN, or a cheap check)."""
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds; True if something was committed meanwhile."""
+        ...
+
+    def close(self) -> None: ...
 
 
 #: An event to append: kind, subtask (or None) and data. Item and stage come from the call.
@@ -153,6 +184,50 @@ class StateStore(Protocol):
     ) -> tuple[bool, list[Event]]: ...
     def reset_stage(self, item_id: str, stage: str, now: datetime) -> list[Event]: ...
 
+    # ---------------------------------------------------------------- workers
+
+    def claim_ready(
+        self,
+        work: WorkSpec,
+        *,
+        owner: Owner,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        accept: Callable[[StageRecord], bool],
+    ) -> list[ReadyClaim]:
+        """Claim up to ``limit`` ready stages of the pipelines in ``work``, in one transaction.
+
+        Ready: pending with every need completed or skipped and any retry due, or running
+        under a lease that ran out (or an owner on this host, which ``accept`` judges).
+        Items another transaction holds are skipped, never waited for.
+        """
+        ...
+
+    def work_outlook(self, work: WorkSpec, now: datetime) -> Outlook: ...
+    def held_stages(self, owner: Owner) -> list[StageRecord]:
+        """The stages running under ``owner``'s claims."""
+        ...
+
+    def register_worker(self, rec: WorkerRecord) -> None:
+        """Record a worker (replacing a stopped or stale one of the same name)."""
+        ...
+
+    def heartbeat(self, name: str, owner: Owner, now: datetime, lease_until: datetime) -> int:
+        """Renew the worker and the leases of its running stages; returns how many."""
+        ...
+
+    def stop_worker(self, name: str, now: datetime) -> None: ...
+    def list_workers(self) -> list[tuple[WorkerRecord, list[str]]]:
+        """Every recorded worker and what it runs (``ITEM STAGE[/SUBTASK]``), oldest first."""
+        ...
+
+    def server_now(self) -> datetime:
+        """The database's clock (this machine's for an embedded store)."""
+        ...
+
+    def changes(self) -> ChangeFeed: ...
+
     # ---------------------------------------------------------------- queries
 
     def get_item(self, item_id: str) -> ItemRecord | None: ...
@@ -237,6 +312,13 @@ class Tx(Protocol):
         self, item_id: str, state: ItemState, progress: float, waiting: str, now: datetime
     ) -> bool:
         """Store the derived state; True if it changed (an unchanged row is not written)."""
+        ...
+
+    def ready_stages(
+        self, work: WorkSpec, now: datetime, host: str, limit: int
+    ) -> list[tuple[str, StageRecord]]:
+        """(pipeline, stage) rows a worker may claim (see ``StateStore.claim_ready``), their
+        items locked for this transaction, skipping items locked by others."""
         ...
 
     def insert_event(self, ev: Event) -> Event: ...

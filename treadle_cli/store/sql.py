@@ -29,7 +29,8 @@ from ..model import (
     iso,
 )
 from .operations import TransactionalStore
-from .protocol import ItemSummary
+from .protocol import ItemSummary, WorkSpec
+from .sqlwork import SqlWorkers, ready_query, spec_key
 
 ITEM_COLS = tuple(f.name for f in fields(ItemRecord))
 STAGE_COLS = tuple(f.name for f in fields(StageRecord))
@@ -48,7 +49,7 @@ DECISION_COLS = (
 )
 EVENT_COLS = ("id", "ts", "kind", "item_id", "stage", "subtask", "data")
 
-JSON_COLS = frozenset({"data", "output", "review_data"})
+JSON_COLS = frozenset({"data", "output", "review_data", "pipelines"})
 TIME_COLS = frozenset(
     {
         "created_at",
@@ -58,6 +59,8 @@ TIME_COLS = frozenset(
         "lease_until",
         "started_at",
         "finished_at",
+        "heartbeat_at",
+        "stopped_at",
         "at",
         "ts",
     }
@@ -102,6 +105,7 @@ class Dialect:
     encode: dict[str, Callable[[Any], Any]]  # column -> to the database
     decode: dict[str, Callable[[Any], Any]]  # column -> from the database
     unlimited: str  # LIMIT for "no limit" before an OFFSET: "-1" or "ALL"
+    skip_locked: str = ""  # after a worker's candidates query: lock their items, skip held ones
 
     def t(self, table: str) -> str:
         return self.prefix + table
@@ -333,6 +337,14 @@ class SqlTx:
         params = (state.value, progress, waiting, at, item_id, state.value, progress, waiting)
         return int(self.c.execute(self.q.set_item_summary, params).rowcount) == 1
 
+    def ready_stages(
+        self, work: WorkSpec, now: datetime, host: str, limit: int
+    ) -> list[tuple[str, StageRecord]]:
+        sql, params = ready_query(self.d, spec_key(work))
+        at = self.d.to_db("lease_until", now)
+        rows = self.c.execute(sql, (*params, at, at, host, limit)).fetchall()
+        return [(r[0], self.q.decode_stage(r[1:])) for r in rows]
+
     def insert_event(self, ev: Event) -> Event:
         to_db = self.d.to_db
         new_id = self._inserted_id(
@@ -382,7 +394,7 @@ class SqlTx:
         return self.q.decision(row) if row else None
 
 
-class SqlStore(TransactionalStore):
+class SqlStore(TransactionalStore, SqlWorkers):
     """The read queries, written once; a backend supplies ``_tx``, ``_read`` and ``_stream``."""
 
     sql: Statements

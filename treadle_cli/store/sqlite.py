@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DatabaseLockedError, IncompatibleDatabaseError, StoreError, UsageError
-from ..model import ItemRecord, StageRecord, SubtaskRecord, iso
+from ..model import ItemRecord, StageRecord, SubtaskRecord, WorkerRecord, iso, utcnow
 from .sql import (
     BOOL_COLS,
     JSON_COLS,
@@ -32,7 +33,7 @@ from .sql import (
     dump_json,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Marks a file as ours in the SQLite header ("trdl"), so a foreign database is refused.
 APPLICATION_ID = 0x7472646C
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -128,14 +129,26 @@ def _create_schema(conn: sqlite3.Connection) -> None:
     )
 
 
+def _add_workers(conn: sqlite3.Connection) -> None:
+    import sqlite_utils
+
+    sqlite_utils.Database(conn).table("workers").create(
+        _columns(WorkerRecord), pk="name", not_null={"host", "pid", "heartbeat_at"}
+    )
+
+
 #: Forward migrations: MIGRATIONS[n] takes a version-n database to n+1.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _create_schema}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    0: _create_schema,
+    1: _add_workers,
+}
 
 
 def _empty_readonly_conn() -> sqlite3.Connection:
     """An empty schema in memory: what a read-only open of a database not yet written sees."""
     conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-    _create_schema(conn)
+    for version in range(SCHEMA_VERSION):
+        MIGRATIONS[version](conn)
     conn.execute("PRAGMA query_only = 1")  # writes fail as they would on the real file
     return conn
 
@@ -389,4 +402,52 @@ class SqliteStateStore(SqlStore):
 
     def close(self) -> None:
         with self._lock:
+            self._conn.close()
+
+    # ----------------------------------------------------------------- workers
+
+    def _has_workers_table(self) -> bool:
+        # A read-only open does not migrate: an older file has no workers yet.
+        return bool(self._query("SELECT 1 FROM sqlite_master WHERE name = 'workers'"))
+
+    def server_now(self) -> datetime:
+        return utcnow()
+
+    def changes(self) -> DataVersionFeed:
+        return DataVersionFeed(self.path if self.path and Path(self.path).exists() else None)
+
+
+class DataVersionFeed:
+    """Notices commits by other connections through ``PRAGMA data_version``: one cheap read
+    of the file's header page every ``interval`` seconds while a worker waits."""
+
+    def __init__(self, path: str | None, interval: float = 0.1) -> None:
+        self.interval = interval
+        self._conn = (
+            sqlite3.connect(path, isolation_level=None, check_same_thread=False) if path else None
+        )
+        self._last = self._version()
+
+    def _version(self) -> int:
+        if self._conn is None:
+            return 0
+        try:
+            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error:
+            return -1  # the file is in trouble: wake the worker, whose own query will say why
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            version = self._version()
+            if version != self._last:
+                self._last = version
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(self.interval, left))
+
+    def close(self) -> None:
+        if self._conn is not None:
             self._conn.close()
