@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import datetime, timedelta
 from functools import cache
 
-from .model import Owner
+from .model import Owner, WorkerRecord
 
 
 def _proc_start(pid: int) -> str | None:
@@ -54,3 +55,13 @@ def owner_is_dead(host: str | None, pid: int | None, started: str | None) -> boo
     if now_started == "zombie":
         return True
     return bool(started) and now_started is not None and now_started != started
+
+
+def worker_state(rec: WorkerRecord, now: datetime) -> str:
+    """alive, stale (silent past its lease, or its process is gone) or stopped."""
+    if rec.stopped_at is not None:
+        return "stopped"
+    dead = owner_is_dead(rec.host, rec.pid, rec.started)
+    if dead or rec.heartbeat_at + timedelta(seconds=rec.lease) < now:
+        return "stale"
+    return "alive"

@@ -31,7 +31,7 @@ from .model import (
     WorkerRecord,
     utcnow,
 )
-from .owners import current_owner, owner_is_dead
+from .owners import current_owner, owner_is_dead, worker_state
 from .store.protocol import StateStore, WorkSpec
 from .workflow import Workflow
 
@@ -161,16 +161,6 @@ class WorkerStatus:
             "lease": r.lease,
             "stopped": iso(r.stopped_at),
         }
-
-
-def worker_state(rec: WorkerRecord, now: datetime) -> str:
-    """alive, stale (silent past its lease, or its process is gone) or stopped."""
-    if rec.stopped_at is not None:
-        return "stopped"
-    dead = owner_is_dead(rec.host, rec.pid, rec.started)
-    if dead or rec.heartbeat_at + timedelta(seconds=rec.lease) < now:
-        return "stale"
-    return "alive"
 
 
 def list_workers(store: StateStore) -> list[WorkerStatus]:

@@ -101,8 +101,30 @@ def _finish_decision(
         typer.echo(result.message)
         if status is not None:
             _show(status)
+        elif result.changed and result.decision.value == "approved":
+            _say_next(store, result.item_id)
     if status is not None:
         raise typer.Exit(exit_for([status.state.value]))
+
+
+def _say_next(store: StateStore, item_id: str) -> None:
+    """How the item continues: a live worker of its pipeline will, or this command will."""
+    from ...owners import worker_state
+
+    rec = store.get_item(item_id)
+    if rec is None:
+        return
+    now = store.server_now()
+    serving = [
+        w.name
+        for w, _ in store.list_workers()
+        if rec.pipeline in (w.pipelines or []) and worker_state(w, now) == "alive"
+    ]
+    if serving:
+        sys.stderr.write(f"  next: worker {serving[0]} continues it\n")
+        return
+    path = shlex.quote(rec.pipeline_path) if rec.pipeline_path else "PIPELINE"
+    sys.stderr.write(f"  next: treadle advance {path} {shlex.quote(item_id)} (or a worker)\n")
 
 
 def _advance(store: StateStore, item_id: str, wait: float) -> PipelineStatus:
@@ -149,8 +171,6 @@ def retry(
         if status is not None:
             _show(status)
         else:
-            rec = store.get_item(item)
-            path = shlex.quote(rec.pipeline_path) if rec and rec.pipeline_path else "PIPELINE"
-            sys.stderr.write(f"  next: treadle advance {path} {shlex.quote(item)}\n")
+            _say_next(store, item)
     if status is not None:
         raise typer.Exit(exit_for([status.state.value]))
