@@ -40,6 +40,24 @@ step treadle approve incident-report review --comment "Link is tracked in OPS-12
 step treadle status incident-report
 step treadle history incident-report
 step treadle status --all
+
+# Work that continues by itself: submit an item, let a worker run it, approve from "another
+# shell" (here the same one), and the worker publishes it without anyone typing advance.
+echo '{"id": "team-handbook", "data": {"path": "docs/onboarding.md", "out": ".demo/out"}}' > .demo/more.jsonl
+step treadle submit "$PIPELINE" --items .demo/more.jsonl
+printf '\n\033[1m$ %s\033[0m\n' "treadle worker $PIPELINE --concurrency 2 > .demo/worker.log 2>&1 &"
+treadle worker "$PIPELINE" --concurrency 2 > .demo/worker.log 2>&1 &
+WORKER=$!
+trap 'kill -TERM $WORKER 2>/dev/null || true' EXIT
+step_may_fail treadle watch team-handbook --until-settled      # exit 5: waiting on a human
+step treadle workers
+step treadle approve team-handbook review --comment "Approved from another shell"
+step treadle watch team-handbook --until-settled               # the worker publishes it
+printf '\n\033[1m$ %s\033[0m\n' "kill -TERM \$WORKER    # stops claiming, finishes, releases"
+kill -TERM "$WORKER"
+wait "$WORKER"
+trap - EXIT
+step cat .demo/worker.log
 step ls .demo/out
 echo
 echo "Done. release-notes still waits for you: treadle --db '$TREADLE_DB' approve release-notes review --advance"
